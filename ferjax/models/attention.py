@@ -1,0 +1,101 @@
+"""Attention modules: CBAM (Woo et al. 2018) and Shuffle Attention (Zhang & Yang 2021).
+
+Both take and return NHWC feature maps of the same shape.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ferjax.models import layers
+
+
+class ChannelGate(nnx.Module):
+    """CBAM channel gate: a shared MLP on the avg- and max-pooled vectors, summed, sigmoid."""
+
+    def __init__(self, channels: int, reduction: int = 16, gate_bias: float = 0.0, *,
+                 dtype=None, rngs: nnx.Rngs):
+        hidden = max(channels // reduction, 1)
+        # The MLP runs twice and its outputs are summed, so each half carries gate_bias / 2.
+        self.fc1 = nnx.Linear(channels, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, rngs=rngs,
+                              bias_init=nnx.initializers.constant(gate_bias / 2))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pooled = jnp.stack([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))])  # (2, N, C)
+        scores = self.fc2(jax.nn.relu(self.fc1(pooled))).sum(axis=0)  # (N, C)
+        return x * jax.nn.sigmoid(scores)[:, None, None, :]
+
+
+class SpatialGate(nnx.Module):
+    """CBAM spatial gate: 7x7 conv over [max_c, mean_c] -> BN -> sigmoid."""
+
+    def __init__(self, gate_bias: float = 0.0, *, dtype=None, rngs: nnx.Rngs):
+        self.conv = layers.conv(2, 1, 7, dtype=dtype, rngs=rngs)
+        # torch momentum 0.01 in the official code -> Flax 0.99.
+        self.bn = nnx.BatchNorm(1, momentum=0.99, epsilon=1e-5, dtype=dtype,
+                                bias_init=nnx.initializers.constant(gate_bias), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Max first, then mean: the order of the official code (matters for weight import).
+        pooled = jnp.concatenate([jnp.max(x, axis=-1, keepdims=True),
+                                  jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
+        return x * jax.nn.sigmoid(self.bn(self.conv(pooled)))
+
+
+class CBAM(nnx.Module):
+    """Convolutional Block Attention Module: channel gate then spatial gate.
+
+    `gate_bias` > 0 opens both gates at init (sigmoid(3) ~ 0.95) so a pretrained
+    block is not halved when CBAM is inserted; 0 is the faithful init.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, gate_bias: float = 0.0, *,
+                 dtype=None, rngs: nnx.Rngs):
+        self.channel_gate = ChannelGate(channels, reduction, gate_bias, dtype=dtype, rngs=rngs)
+        self.spatial_gate = SpatialGate(gate_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.spatial_gate(self.channel_gate(x))
+
+
+def valid_sa_groups(channels: int) -> list[int]:
+    """Group counts G for which Shuffle Attention fits `channels` (needs 2G | C)."""
+    return [g for g in range(1, channels // 2 + 1) if channels % (2 * g) == 0]
+
+
+class ShuffleAttention(nnx.Module):
+    """Shuffle Attention (SA-Net). Input and output (N, H, W, C); needs C % (2·groups) == 0.
+
+    Each of the G groups is split in two halves of c' = C / (2G) channels: a channel
+    branch gated by its global mean and a spatial branch gated by a per-channel
+    GroupNorm; gates are σ(w·s + b) with w, b shared over groups (init w=0, b=1).
+    """
+
+    def __init__(self, channels: int, groups: int = 8, *, dtype=None, rngs: nnx.Rngs):
+        if channels % (2 * groups):
+            raise ValueError(
+                f"Shuffle Attention groups={groups} does not divide {channels} channels into "
+                f"2·G equal parts; valid groups for {channels}: {valid_sa_groups(channels)}")
+        self.groups = groups
+        half = channels // (2 * groups)
+        self.cweight = nnx.Param(jnp.zeros((half,)))
+        self.cbias = nnx.Param(jnp.ones((half,)))
+        self.sweight = nnx.Param(jnp.zeros((half,)))
+        self.sbias = nnx.Param(jnp.ones((half,)))
+        self.gn = nnx.GroupNorm(half, num_groups=half, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        g = self.groups
+        # Channels are grouped as (G, C/G), as in the torch reshape; G joins the batch axis.
+        sub = x.reshape(n, h, w, g, c // g).transpose(0, 3, 1, 2, 4).reshape(n * g, h, w, c // g)
+        x0, x1 = jnp.split(sub, 2, axis=-1)
+        s = jnp.mean(x0, axis=(1, 2), keepdims=True)
+        x0 = x0 * jax.nn.sigmoid(self.cweight[...] * s + self.cbias[...])
+        x1 = x1 * jax.nn.sigmoid(self.sweight[...] * self.gn(x1) + self.sbias[...])
+        out = jnp.concatenate([x0, x1], axis=-1)
+        out = out.reshape(n, g, h, w, c // g).transpose(0, 2, 3, 1, 4).reshape(n, h, w, c)
+        return layers.channel_shuffle(out, 2)

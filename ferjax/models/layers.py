@@ -1,0 +1,79 @@
+"""Small building blocks shared by the backbones (NHWC throughout).
+
+Layers are created with PyTorch-equivalent hyper-parameters (explicit symmetric
+padding, BatchNorm eps 1e-5 and momentum 0.1 in torch terms) so that weights in
+the torchvision key layout import one to one (see `ferjax.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+
+# torchvision initialises convs with kaiming-normal(fan_out, relu).
+conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1,
+         bias: bool = False, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.Conv:
+    """A torch-style convolution: square kernel, padding kernel // 2 on every side."""
+    pad = kernel // 2
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
+                    padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                    use_bias=bias, kernel_init=conv_init, dtype=dtype, rngs=rngs)
+
+
+def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
+               affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm; Flax `momentum=0.9` equals torch's default `momentum=0.1`."""
+    return nnx.BatchNorm(features, momentum=momentum, epsilon=epsilon, use_bias=affine,
+                         use_scale=affine, dtype=dtype, rngs=rngs)
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+    """torch `MaxPool2d(3, stride=2, padding=1)`: padding never wins the max."""
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def global_avg_pool(x: Array) -> Array:
+    """(N, H, W, C) -> (N, C), averaged in float32 for stability under bf16."""
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+
+
+def channel_shuffle(x: Array, groups: int) -> Array:
+    """ShuffleNet channel shuffle for NHWC; same channel order as torch's NCHW version."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h, w, groups, c // groups)
+    return jnp.swapaxes(x, 3, 4).reshape(n, h, w, c)
+
+
+def beta_mish(x: Array, beta: float = 1.5) -> Array:
+    """β-Mish: x · tanh(β · softplus(x)); β = 1 is Mish."""
+    return x * jnp.tanh(beta * jax.nn.softplus(x))
+
+
+def activation(name: str, beta: float = 1.5) -> Callable[[Array], Array]:
+    """Activation by config name: 'relu', 'mish' or 'beta_mish'."""
+    if name == "relu":
+        return jax.nn.relu
+    if name == "mish":
+        return functools.partial(beta_mish, beta=1.0)
+    if name == "beta_mish":
+        return functools.partial(beta_mish, beta=beta)
+    raise ValueError(f"unknown activation {name!r}; expected 'relu', 'mish' or 'beta_mish'")
+
+
+def dtype_from_name(name: str | None) -> Dtype:
+    """Compute dtype from a config string; parameters always stay float32."""
+    if name in (None, "float32", "fp32"):
+        return jnp.float32
+    if name in ("bfloat16", "bf16"):
+        return jnp.bfloat16
+    raise ValueError(f"unknown compute dtype {name!r}; expected 'float32' or 'bfloat16'")
