@@ -170,3 +170,16 @@ def build_model(cfg, *, num_classes: int, image_size: int, rngs: nnx.Rngs) -> FE
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (nnx.Param leaves), like torch's parameters()."""
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def apply_pretrained(model: nnx.Module, cfg):
+    """Loads `cfg.pretrained` (a weights file) into `model` if set; returns the report or None.
+
+    `cfg.pretrained_strict` and `cfg.pretrained_exclude` (regexes) are passed through.
+    """
+    from ferjax.models.pretrained import load_pretrained
+    path = cfg.get("pretrained", None)
+    if not path:
+        return None
+    return load_pretrained(model, path, strict=cfg.get("pretrained_strict", True),
+                           exclude=tuple(cfg.get("pretrained_exclude", ()) or ()))

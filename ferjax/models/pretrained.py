@@ -1,0 +1,193 @@
+"""Import PyTorch weights in the torchvision key layout into ferjax models.
+
+Our modules use torchvision's attribute names, so a torch key such as
+`layer2.0.downsample.1.running_var` names the NNX variable
+`trunk.layer2[0].downsample.layers[1].var`. Conversion rules:
+  conv weight (O, I/g, kh, kw) -> kernel (kh, kw, I/g, O); linear weight (O, I) -> kernel (I, O);
+  BN/GN weight -> scale, running_mean -> mean, running_var -> var; num_batches_tracked ignored.
+
+Files: `.npz` and `.safetensors` load without torch; `.pth`/`.pt` need torch and are read with
+`weights_only=True` (no code is unpickled). Convert once with
+
+    python -m ferjax.models.pretrained resnet18_msceleb.pth resnet18_msceleb.npz
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Iterable, Mapping
+
+import numpy as np
+from flax import nnx
+
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+               "var": "running_var"}
+_SKIPPED_TORCH_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did: keys loaded, missing from the file, unexpected in the file,
+    skipped by `exclude`, and those whose shapes do not fit."""
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    excluded: list[str]
+    mismatched: list[str]
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for name in ("missing", "unexpected", "mismatched", "excluded"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "")
+                lines.append(f"{name} ({len(keys)}): {shown}")
+        return "\n".join(lines)
+
+
+def torch_key(path: tuple) -> str | None:
+    """Torch state-dict key of an NNX variable path, or None if it has no torch twin."""
+    parts = [str(p) for p in path if p not in ("trunk", "head", "layers")]
+    if not parts or parts[-1] not in _LEAF_NAMES and parts[-1] not in (
+            "cweight", "cbias", "sweight", "sbias"):
+        return None
+    parts[-1] = _LEAF_NAMES.get(parts[-1], parts[-1])
+    return ".".join(parts)
+
+
+def _to_nnx_layout(value: np.ndarray, target_shape: tuple) -> np.ndarray | None:
+    """Converts a torch tensor to the NNX layout of `target_shape`; None if it cannot fit."""
+    if value.ndim == 4 and len(target_shape) == 4:
+        value = value.transpose(2, 3, 1, 0)
+    elif value.ndim == 2 and len(target_shape) == 2:
+        value = value.T
+    elif value.size == int(np.prod(target_shape)) and value.ndim != len(target_shape):
+        value = value.reshape(target_shape)  # e.g. SA gates stored as (1, c, 1, 1)
+    return value if tuple(value.shape) == tuple(target_shape) else None
+
+
+def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """Torch key -> NNX variable for every parameter and batch statistic of `model`."""
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, (nnx.Param, nnx.BatchStat)):
+            key = torch_key(path)
+            if key is not None:
+                out[key] = node
+    return out
+
+
+def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
+                      strict: bool = True, exclude: Iterable[str] = ()) -> ImportReport:
+    """Copies a torchvision-layout state dict into `model` in place.
+
+    Args:
+      state_dict: torch key -> array (numpy or anything `np.asarray` takes).
+      strict: raise if any model key is missing from the file or any file key is unexpected.
+      exclude: regexes of torch keys to leave alone on both sides (e.g. r'^fc\\.' to keep a
+        fresh 7-class classifier, r'cbam' for CBAM gates that ImageNet weights lack).
+    Returns:
+      an ImportReport.
+    Raises:
+      ValueError: on a shape mismatch, or in strict mode on missing / unexpected keys. The
+        model is left untouched when it raises.
+    """
+    patterns = [re.compile(p) for p in exclude]
+
+    def is_excluded(key):
+        return any(p.search(key) for p in patterns)
+
+    variables = model_variables(model)
+    updates, unexpected, excluded, mismatched = {}, [], [], []
+    for raw_key, value in state_dict.items():
+        key = raw_key[len("module."):] if raw_key.startswith("module.") else raw_key
+        if key.endswith(_SKIPPED_TORCH_SUFFIXES):
+            continue
+        if is_excluded(key):
+            excluded.append(key)
+            continue
+        if key not in variables:
+            unexpected.append(key)
+            continue
+        target = variables[key]
+        converted = _to_nnx_layout(np.asarray(value), target[...].shape)
+        if converted is None:
+            mismatched.append(f"{key} {tuple(np.shape(value))} vs {tuple(target[...].shape)}")
+            continue
+        updates[key] = converted
+    missing = sorted(k for k in variables if k not in updates and not is_excluded(k)
+                     and not any(m.startswith(k + " ") for m in mismatched))
+    report = ImportReport(sorted(updates), missing, sorted(unexpected), sorted(excluded),
+                          mismatched)
+    if mismatched or (strict and (missing or unexpected)):
+        raise ValueError("pretrained weights do not fit the model (nothing was loaded):\n"
+                         f"{report}\nUse strict=False to allow missing/unexpected keys, or "
+                         "exclude=[regex] for parts that are meant to differ.")
+    for key, value in updates.items():
+        var = variables[key]
+        var[...] = np.asarray(value, dtype=var[...].dtype)
+    return report
+
+
+def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The inverse of `import_state_dict`: the model's weights as a torchvision-layout dict."""
+    out = {}
+    for key, var in model_variables(model).items():
+        value = np.asarray(var[...], dtype=np.float32)
+        if value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)
+        elif value.ndim == 2:
+            value = value.T
+        out[key] = np.ascontiguousarray(value)
+    return out
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads a state dict from `.npz`, `.safetensors` or (with torch) `.pth`/`.pt`/`.bin`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if ext == ".safetensors":
+        from safetensors.numpy import load_file
+        return load_file(path)
+    if ext in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"reading {path} needs torch (pip install 'ferjax[torch]'), or "
+                              "convert it to .npz on a machine that has torch") from None
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+                obj = obj[wrapper]
+        return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
+                for k, v in obj.items() if hasattr(v, "numpy")}
+    raise ValueError(f"unsupported weights format {ext!r} for {path}; "
+                     "use .npz, .safetensors or .pth")
+
+
+def load_pretrained(model: nnx.Module, path: str, *, strict: bool = True,
+                    exclude: Iterable[str] = ()) -> ImportReport:
+    """`load_state_dict(path)` then `import_state_dict(model, ...)`."""
+    return import_state_dict(model, load_state_dict(path), strict=strict, exclude=exclude)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or not argv[2].endswith(".npz"):
+        print("usage: python -m ferjax.models.pretrained IN.(pth|safetensors|npz) OUT.npz",
+              file=sys.stderr)
+        return 2
+    tensors = load_state_dict(argv[1])
+    np.savez(argv[2], **tensors)
+    print(f"wrote {len(tensors)} tensors to {argv[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,169 @@
+"""Model tests: parameter counts against the torchvision/paper numbers, shapes, options."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from ferjax.models import HEADS, MODELS, build_model, count_params
+from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
+from ferjax.models.layers import channel_shuffle
+
+TINY_RESNET = dict(width=8)
+TINY_SHUFFLE = dict(channels=(16, 32, 64, 128), stem_width=8, sa_groups=2)
+
+
+def abstract(cfg, image_size=224, num_classes=7):
+    """Builds the model shape-only (no memory, no compute) to count parameters."""
+    return nnx.eval_shape(lambda: build_model(ml_collections.ConfigDict(cfg),
+                                              num_classes=num_classes, image_size=image_size,
+                                              rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    (dict(name="resnet18"), 11_180_103),
+    (dict(name="resnet18", cbam_placement="block"), 11_180_103 + 89_880),
+    (dict(name="resnet18", cbam_placement="stage"), 11_180_103 + 680 + 2_284 + 8_564 + 33_412),
+    (dict(name="resnet18", cbam_placement="final"), 11_180_103 + 33_412),
+    # RUL: two 1,605,824-parameter branches and a 64->7 classifier on the trunk.
+    (dict(name="resnet18", head="rul"), 11_176_512 + 2 * 1_605_824 + 455),
+    (dict(name="shufflenet_v2"), 1_260_779),
+    (dict(name="shufflenet_v2", width_mult=0.5), 348_967),
+    (dict(name="shufflenet_v2", kernel_size=5), 1_300_139),
+    # torchvision's 1000-class counts 3,503,624 and 7,393,996 with a 7-class fc instead.
+    (dict(name="shufflenet_v2", width_mult=1.5), 3_503_624 - 1_025_000 + 7_175),
+    (dict(name="shufflenet_v2", width_mult=2.0), 7_393_996 - 2_049_000 + 14_343),
+    (dict(name="rlrcnet", head="linear", sa_placement="none"), 958_645),
+    (dict(name="rlrcnet", sa_placement="none"), 1_026_365),
+    (dict(name="rlrcnet"), 1_026_365 + 174),   # + SA with G=8 on 464 channels
+])
+def test_parameter_counts(cfg, expected):
+    assert count_params(abstract(cfg)) == expected
+
+
+def test_rlrcnet_default_is_about_one_million():
+    n = count_params(abstract(dict(name="rlrcnet")))
+    assert abs(n - 1.02e6) / 1.02e6 < 0.03
+    baseline = count_params(abstract(dict(name="shufflenet_v2")))
+    assert 0.17 < 1 - n / baseline < 0.20  # the paper reports 17.74 % fewer
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("head", HEADS.names())
+def test_every_model_and_head_runs_from_its_config_name(name, head):
+    tiny = TINY_RESNET if name == "resnet18" else TINY_SHUFFLE
+    cfg = ml_collections.ConfigDict(dict(name=name, head=head, **tiny))
+    if head == "dual_branch" and name == "resnet18":
+        with pytest.raises(ValueError, match="dual_branch"):
+            build_model(cfg, num_classes=5, image_size=32, rngs=nnx.Rngs(0))
+        return
+    if name == "rlrcnet" and head != "dual_branch":
+        cfg.sa_placement = "last"
+    model = build_model(cfg, num_classes=5, image_size=32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    if head == "rul":
+        out = model(x, mix_perm=jnp.array([1, 0, 3, 2]))
+        assert out["uncertainty"].shape == (4,) and bool(jnp.all(out["uncertainty"] > 0))
+        lam = out["mix_lambda"]
+        np.testing.assert_allclose(lam + lam[jnp.array([1, 0, 3, 2])], 1.0, rtol=1e-5)
+    elif head == "dual_branch":
+        out = model(jnp.concatenate([x, x]), alpha=0.7, split_batch=True)
+    else:
+        out = model(x, return_cam=True)
+        assert out["cam"].shape == (4, 1, 1, 5)
+    assert out["logits"].shape == (4, 5) and out["logits"].dtype == jnp.float32
+    model.eval()
+    assert model(x)["logits"].shape == (4, 5)
+
+
+def test_cam_is_the_classifier_applied_per_position():
+    model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
+                        num_classes=3, image_size=64, rngs=nnx.Rngs(0))
+    model.eval()
+    x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+    out = model(x, return_cam=True)
+    assert out["cam"].shape == (2, 2, 2, 3)
+    # GAP of the CAM plus the bias gives back the logits (both are linear in F).
+    np.testing.assert_allclose(out["cam"].mean(axis=(1, 2)) + model.head.fc.bias[...],
+                               out["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_cam_has_no_gradient_into_the_classifier():
+    model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
+                        num_classes=3, image_size=32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    grads = nnx.grad(lambda m: jnp.sum(m(x, return_cam=True)["cam"] ** 2))(model)
+    assert float(jnp.abs(grads["head"]["fc"]["kernel"][...]).max()) == 0.0
+    assert float(jnp.abs(grads["trunk"]["conv1"]["kernel"][...]).max()) > 0.0
+
+
+def test_dual_branch_inference_is_alpha_half_on_the_same_batch():
+    cfg = ml_collections.ConfigDict(dict(name="rlrcnet", **TINY_SHUFFLE))
+    model = build_model(cfg, num_classes=4, image_size=32, rngs=nnx.Rngs(0))
+    model.eval()
+    x = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+    stacked = model(jnp.concatenate([x, x]), alpha=0.5, split_batch=True)["logits"]
+    np.testing.assert_allclose(model(x)["logits"], stacked, rtol=1e-5, atol=1e-5)
+    # α = 1 ignores the re-balancing branch: its input does not matter.
+    a = model(jnp.concatenate([x, x]), alpha=1.0, split_batch=True)["logits"]
+    b = model(jnp.concatenate([x, -x]), alpha=1.0, split_batch=True)["logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_shuffle_attention_at_init_is_a_constant_gate_then_shuffle():
+    sa = ShuffleAttention(16, groups=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(5), (2, 4, 4, 16))
+    expected = channel_shuffle(x * jax.nn.sigmoid(1.0), 2)
+    np.testing.assert_allclose(sa(x), expected, rtol=1e-6, atol=1e-6)
+    assert count_params(sa) == 6 * 16 // (2 * 2)
+
+
+def test_shuffle_attention_rejects_groups_that_do_not_divide():
+    assert 64 not in valid_sa_groups(464) and 8 in valid_sa_groups(464)
+    with pytest.raises(ValueError, match="valid groups for 464"):
+        ShuffleAttention(464, groups=64, rngs=nnx.Rngs(0))
+
+
+def test_cbam_matches_a_numpy_computation():
+    cbam = CBAM(32, reduction=16, rngs=nnx.Rngs(0))
+    cbam.eval()
+    x = np.asarray(jax.random.normal(jax.random.key(6), (1, 5, 5, 32)))
+    w1, b1 = np.asarray(cbam.channel_gate.fc1.kernel[...]), np.asarray(cbam.channel_gate.fc1.bias[...])
+    w2, b2 = np.asarray(cbam.channel_gate.fc2.kernel[...]), np.asarray(cbam.channel_gate.fc2.bias[...])
+
+    def mlp(v):
+        return np.maximum(v @ w1 + b1, 0) @ w2 + b2
+
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    xc = x * sig(mlp(x.mean((1, 2))) + mlp(x.max((1, 2))))[:, None, None, :]
+    pooled = np.concatenate([xc.max(-1, keepdims=True), xc.mean(-1, keepdims=True)], -1)
+    k = np.asarray(cbam.spatial_gate.conv.kernel[...])  # (7, 7, 2, 1)
+    padded = np.pad(pooled, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    conv = np.zeros((1, 5, 5, 1))
+    for i in range(5):
+        for j in range(5):
+            conv[0, i, j, 0] = np.sum(padded[0, i:i + 7, j:j + 7, :] * k[..., 0])
+    bn = cbam.spatial_gate.bn  # eval mode: running stats 0 / 1
+    s = (conv - 0.0) / np.sqrt(1.0 + 1e-5) * np.asarray(bn.scale[...]) + np.asarray(bn.bias[...])
+    np.testing.assert_allclose(cbam(jnp.asarray(x)), xc * sig(s), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    cfg = ml_collections.ConfigDict(dict(name="resnet18", dtype="bfloat16", **TINY_RESNET))
+    model = build_model(cfg, num_classes=3, image_size=32, rngs=nnx.Rngs(0))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+    out = model(jnp.ones((2, 32, 32, 3)))
+    assert out["logits"].dtype == jnp.float32
+    assert model.trunk(jnp.ones((2, 32, 32, 3))).dtype == jnp.bfloat16
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(KeyError, match="unknown model 'resnet19'"):
+        build_model(ml_collections.ConfigDict(dict(name="resnet19")), num_classes=7,
+                    image_size=32, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="cbam_placement"):
+        build_model(ml_collections.ConfigDict(dict(name="resnet18", cbam_placement="x")),
+                    num_classes=7, image_size=32, rngs=nnx.Rngs(0))
