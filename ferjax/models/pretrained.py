@@ -120,8 +120,8 @@ def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *
         updates[key] = converted
     missing = sorted(k for k in variables if k not in updates and not is_excluded(k)
                      and not any(m.startswith(k + " ") for m in mismatched))
-    report = ImportReport(sorted(updates), missing, sorted(unexpected), sorted(excluded),
-                          mismatched)
+    excluded = sorted(set(excluded) | {k for k in variables if is_excluded(k)})
+    report = ImportReport(sorted(updates), missing, sorted(unexpected), excluded, mismatched)
     if mismatched or (strict and (missing or unexpected)):
         raise ValueError("pretrained weights do not fit the model (nothing was loaded):\n"
                          f"{report}\nUse strict=False to allow missing/unexpected keys, or "
