@@ -1,0 +1,1 @@
+"""Datasets: label parsers, TFDS builders and the grain input pipeline."""
