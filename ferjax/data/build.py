@@ -1,0 +1,122 @@
+"""Convert a FER dataset into TFDS ArrayRecord, without TensorFlow.
+
+    python -m ferjax.data.build --dataset rafdb --manual_dir ~/Downloads/RAF-DB/basic
+    python -m ferjax.data.build --dataset affectnet --config 8 --manual_dir DIR
+    python -m ferjax.data.build --dataset synthetic_fer          # nothing to download
+
+Output goes to --data_dir (default $FERJAX_DATA_DIR or ~/ferjax_datasets). TFDS writes
+into a temporary folder and renames it when complete, so an interrupted build leaves no
+half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ferjax.data.builders import BUILDERS, get_builder_class
+
+log = logging.getLogger("ferjax.data")
+
+
+def default_data_dir() -> str:
+    return os.path.expanduser(os.environ.get("FERJAX_DATA_DIR", "~/ferjax_datasets"))
+
+
+def make_builder(dataset: str, config: str | None = None, data_dir: str | None = None,
+                 on_bad_image: str = "skip"):
+    """The TFDS builder object for `dataset` / `config` under `data_dir`."""
+    cls = get_builder_class(dataset)
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    if config is None and names:
+        config = names[0]
+    if names and config not in names:
+        raise ValueError(f"dataset {dataset!r} has configs {names}, not {config!r}")
+    return cls(data_dir=data_dir or default_data_dir(), config=config, on_bad_image=on_bad_image)
+
+
+def check_manual_dir(dataset: str, manual_dir: str | None) -> pathlib.Path | None:
+    """The manual_dir as a path, or a clear error with the download instructions."""
+    cls = get_builder_class(dataset)
+    if not cls.NEEDS_MANUAL_DIR:
+        return None
+    help_text = cls.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()
+    if not manual_dir:
+        raise FileNotFoundError(f"dataset {dataset!r} needs --manual_dir (the folder you "
+                                f"downloaded):\n\n{help_text}")
+    path = pathlib.Path(manual_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"manual_dir {path} does not exist.\n\n{help_text}")
+    if not any(path.iterdir()):
+        raise FileNotFoundError(f"manual_dir {path} is empty.\n\n{help_text}")
+    return path
+
+
+def build(dataset: str, *, config: str | None = None, manual_dir: str | None = None,
+          data_dir: str | None = None, on_bad_image: str = "skip", overwrite: bool = False):
+    """Builds (or reuses) the dataset and returns its prepared builder."""
+    path = check_manual_dir(dataset, manual_dir)
+    builder = make_builder(dataset, config, data_dir, on_bad_image)
+    if overwrite and os.path.isdir(builder.data_dir):
+        import shutil
+        shutil.rmtree(builder.data_dir)
+        builder = make_builder(dataset, config, data_dir, on_bad_image)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=str(path) if path else None,
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    builder.download_and_prepare(download_config=download_config, file_format="array_record")
+    return builder
+
+
+def label_counts(builder, split: str) -> np.ndarray:
+    """Per-class counts of a prepared split, read without decoding images."""
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    labels = [source[i]["label"] for i in range(len(source))]
+    return np.bincount(np.asarray(labels, np.int64),
+                       minlength=builder.info.features["label"].num_classes)
+
+
+def summary(builder) -> str:
+    names = builder.info.features["label"].names
+    lines = [f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} "
+             f"at {builder.data_dir}"]
+    for split in builder.info.splits:
+        counts = label_counts(builder, split)
+        lines.append(f"  {split:<10} {int(counts.sum()):>7}  " +
+                     "  ".join(f"{n}={c}" for n, c in zip(names, counts)))
+    for split, skipped in getattr(builder, "skipped", {}).items():
+        if skipped:
+            lines.append(f"  {split}: skipped {len(skipped)} unreadable images, e.g. {skipped[0]}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--config", default=None, help="builder config (e.g. 7 or 8 classes)")
+    parser.add_argument("--manual_dir", default=None, help="the folder you downloaded")
+    parser.add_argument("--data_dir", default=None, help="where TFDS datasets are written")
+    parser.add_argument("--on_bad_image", default="skip", choices=["skip", "fail"],
+                        help="skip (and count) unreadable images, or stop at the first")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        builder = build(args.dataset, config=args.config, manual_dir=args.manual_dir,
+                        data_dir=args.data_dir, on_bad_image=args.on_bad_image,
+                        overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary(builder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

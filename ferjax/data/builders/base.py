@@ -1,0 +1,131 @@
+"""Shared machinery of the ferjax TFDS builders.
+
+Every dataset stores `image` (8-bit RGB), `label` (canonical order, spec §5.6) and a
+stable `id`; its metadata records the dataset-native class names and the native ->
+canonical mapping. Images that cannot be read are skipped and counted (or are fatal
+with `on_bad_image='fail'`); a split that comes out empty is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any, Iterable, Iterator
+
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from ferjax.data.images import BadImageError, is_plain_rgb_jpeg, open_rgb, to_rgb8
+from ferjax.data.labels import canonical_classes
+
+log = logging.getLogger("ferjax.data")
+
+BAD_IMAGE_POLICIES = ("skip", "fail")
+
+
+@dataclasses.dataclass(eq=False)
+class FerConfig(tfds.core.BuilderConfig):
+    """A builder config with the number of canonical classes it keeps (7 or 8)."""
+    num_classes: int = 7
+
+
+@dataclasses.dataclass
+class Example:
+    """One example before encoding: `image` is a file path, PIL image or encoded bytes."""
+    key: str
+    image: Any
+    label: int
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the FER builders; subclasses define `_split_examples(manual_dir)`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First ferjax release."}
+    SOURCE_CLASSES: tuple[str, ...] = ()       # dataset-native class names, native order
+    SOURCE_TO_CANONICAL: tuple[int, ...] = ()  # native index -> canonical index
+    ENCODING = "jpeg"
+    NEEDS_MANUAL_DIR = True
+
+    def __init__(self, *, on_bad_image: str = "skip", **kwargs):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image={on_bad_image!r}; expected {BAD_IMAGE_POLICIES}")
+        self.on_bad_image = on_bad_image
+        self.skipped: dict[str, list[str]] = {}
+        super().__init__(**kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.builder_config, "num_classes", 7)
+
+    def _extra_features(self) -> dict:
+        """Features beyond image / label / id."""
+        return {}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.ENCODING),
+            "label": tfds.features.ClassLabel(names=canonical_classes(self.num_classes)),
+            "id": tfds.features.Text(),
+            **self._extra_features(),
+        }
+        mapping = {name: canonical_classes(8)[c]
+                   for name, c in zip(self.SOURCE_CLASSES, self.SOURCE_TO_CANONICAL)}
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(source_classes=list(self.SOURCE_CLASSES),
+                                            source_to_canonical=mapping))
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _split_generators(self, dl_manager):
+        manual_dir = pathlib.Path(dl_manager.manual_dir) if self.NEEDS_MANUAL_DIR else None
+        return {split: self._generate_examples(split, examples)
+                for split, examples in self._split_examples(manual_dir).items()}
+
+    def _split_examples(self, manual_dir: pathlib.Path | None) -> dict[str, Iterable[Example]]:
+        raise NotImplementedError(f"{type(self).__name__} must define _split_examples")
+
+    def _encodable(self, image: Any) -> Any:
+        """Validates an image and returns what the Image feature should receive."""
+        if isinstance(image, Image.Image):
+            return to_rgb8(image)
+        if isinstance(image, (str, pathlib.Path)):
+            decoded = open_rgb(image)  # raises BadImageError naming the file
+            if self.ENCODING == "jpeg" and is_plain_rgb_jpeg(image):
+                return str(image)      # store the original bytes unchanged
+            return decoded
+        return open_rgb(image)
+
+    def _generate_examples(self, split: str,
+                           examples: Iterable[Example]) -> Iterator[tuple[str, dict]]:
+        skipped = self.skipped.setdefault(split, [])
+        count = 0
+        for ex in examples:
+            try:
+                image = self._encodable(ex.image)
+            except BadImageError as e:
+                if self.on_bad_image == "fail":
+                    raise
+                skipped.append(str(e))
+                log.warning("skipping: %s", e)
+                continue
+            count += 1
+            yield ex.key, {"image": image, "label": ex.label, "id": ex.key, **ex.extra}
+        if skipped:
+            log.warning("%s/%s: skipped %d unreadable images (first: %s)", self.name, split,
+                        len(skipped), skipped[0])
+        if count == 0:
+            raise ValueError(f"{self.name}: split {split!r} came out empty"
+                             + (f" ({len(skipped)} images were unreadable, first: {skipped[0]})"
+                                if skipped else "; check the manual_dir layout"))
+
+
+def require_file(path: pathlib.Path, what: str, instructions: str) -> pathlib.Path:
+    """Returns `path` if it exists, else raises FileNotFoundError naming it and what to do."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}\n\n{instructions.strip()}")
+    return path
