@@ -1,0 +1,189 @@
+"""grain input pipelines over TFDS ArrayRecord data sources.
+
+The host only reads, decodes and resizes; random augmentation runs on the accelerator
+inside the jitted step (`ferjax.data.augment`). Train batches come from an index stream
+chosen by the sampler (uniform epochs, class-balanced or BBN-reversed draws), sliced per
+process; eval batches are padded with `mask = 0` rows so that every test example counts
+exactly once on any number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from ferjax.losses.rebalance import reversed_sampling_probabilities
+
+SAMPLERS = ("uniform", "class_balanced", "reversed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadExample:
+    """Index -> {'image': uint8 (S, S, 3), 'label': int32} from a random-access source."""
+    source: Any
+    image_size: int
+
+    def __call__(self, index: int) -> dict:
+        record = self.source[int(index)]
+        return {"image": resize(record["image"], self.image_size),
+                "label": np.int32(record["label"])}
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square bilinear resize of an (H, W, C) uint8 image (no-op when already size x size)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawByClass:
+    """random_map: (stream position, rng) -> a source index drawn class-first.
+
+    A class is drawn with `class_probs`, then one of its examples uniformly (with
+    replacement, independently per draw), as BBN's reversed sampler and the
+    class-balanced sampler do.
+    """
+    class_probs: np.ndarray
+    members: tuple  # per class: np.ndarray of source indices
+
+    def __call__(self, position: int, rng: np.random.Generator) -> int:
+        cls = rng.choice(len(self.class_probs), p=self.class_probs)
+        return int(self.members[cls][rng.integers(len(self.members[cls]))])
+
+
+def sampler_probabilities(sampler: str, counts: np.ndarray) -> np.ndarray:
+    """Class probabilities of a class-first sampler."""
+    if sampler == "class_balanced":
+        present = (counts > 0).astype(np.float64)
+        return present / present.sum()
+    if sampler == "reversed":
+        return reversed_sampling_probabilities(counts)
+    raise ValueError(f"data.sampler={sampler!r}; expected one of {SAMPLERS}")
+
+
+def index_stream(labels: np.ndarray, sampler: str, seed: int) -> grain.MapDataset:
+    """An endless stream of source indices; each epoch is len(labels) long."""
+    n = len(labels)
+    if sampler == "uniform":
+        return grain.MapDataset.range(n).seed(seed).shuffle().repeat()
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    members = tuple(np.flatnonzero(labels == c) for c in range(len(counts)))
+    draw = DrawByClass(sampler_probabilities(sampler, counts), members)
+    return grain.MapDataset.range(n).repeat().seed(seed).random_map(draw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadPair:
+    """(uniform index, second-stream index) -> one example with '_rev' twins."""
+    read: ReadExample
+
+    def __call__(self, pair) -> dict:
+        a, b = self.read(pair[0]), self.read(pair[1])
+        return {"image": a["image"], "label": a["label"],
+                "image_rev": b["image"], "label_rev": b["label"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """What the loop needs to know about the train stream."""
+    dataset: grain.IterDataset
+    num_examples: int
+    steps_per_epoch: int
+    class_counts: np.ndarray
+
+
+def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_size: int,
+                  sampler: str = "uniform", second_sampler: str | None = None, seed: int = 0,
+                  num_workers: int = 0, process_index: int = 0, process_count: int = 1,
+                  read_threads: int = 8, prefetch: int = 2) -> TrainData:
+    """The endless, checkpointable training stream of host-local batches.
+
+    Args:
+      source: random-access TFDS data source of the train split.
+      labels: (N,) labels of the source, in source order (to build samplers).
+      second_sampler: if set (BBN: 'reversed'), each batch also carries 'image_rev' and
+        'label_rev' drawn by this sampler.
+      num_workers: grain worker processes (0: read in this process).
+    Yields (through `iter(TrainData.dataset)`) dicts of numpy arrays: image uint8
+      (B, S, S, 3), label int32 (B,), [image_rev, label_rev], with B the per-process batch.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(f"batch size {global_batch_size} does not divide over "
+                         f"{process_count} processes")
+    labels = np.asarray(labels, np.int64)
+    local_batch = global_batch_size // process_count
+    steps_per_epoch = len(labels) // global_batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split has {len(labels)} examples, fewer than one batch "
+                         f"of {global_batch_size}")
+    read = ReadExample(source, image_size)
+    stream = index_stream(labels, sampler, seed)
+    if second_sampler:
+        second = index_stream(labels, second_sampler, seed + 1)
+        stream = grain.experimental.ZipMapDataset([stream, second])
+        read_fn: Any = ReadPair(read)
+    else:
+        read_fn = read
+    # Each process takes every process_count-th element of the same global stream.
+    ds = stream[process_index::process_count].map(read_fn).batch(local_batch,
+                                                                 drop_remainder=True)
+    ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=local_batch * prefetch))
+    if num_workers > 0:
+        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                           per_worker_buffer_size=prefetch))
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    return TrainData(ids, len(labels), steps_per_epoch, counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOrPad:
+    """Padded position -> a real example (mask 1) or a zero example (mask 0)."""
+    read: ReadExample
+    num_examples: int
+    process_index: int
+    process_count: int
+
+    def __call__(self, position: int) -> dict:
+        index = self.process_index + position * self.process_count
+        if index < self.num_examples:
+            ex = self.read(index)
+            return {**ex, "mask": np.float32(1.0), "index": np.int32(index)}
+        size = self.read.image_size
+        return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0),
+                "mask": np.float32(0.0), "index": np.int32(-1)}
+
+
+def eval_dataset(source, *, global_batch_size: int, image_size: int, process_index: int = 0,
+                 process_count: int = 1, read_threads: int = 8) -> tuple[grain.IterDataset, int]:
+    """One pass over a split in padded batches; returns (dataset, number of batches).
+
+    Every process runs the same number of batches; padding rows have mask 0 and index -1.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(f"eval batch size {global_batch_size} does not divide over "
+                         f"{process_count} processes")
+    local_batch = global_batch_size // process_count
+    n = len(source)
+    per_process = math.ceil(n / process_count)
+    num_batches = max(1, math.ceil(per_process / local_batch))
+    positions = grain.MapDataset.range(num_batches * local_batch)
+    ds = positions.map(ReadOrPad(ReadExample(source, image_size), n, process_index,
+                                 process_count)).batch(local_batch)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                prefetch_buffer_size=local_batch * 2)), num_batches
+
+
+def stack_examples(examples: Sequence[dict]) -> dict:
+    """Stacks a list of example dicts into a batch dict (for tests and tools)."""
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}

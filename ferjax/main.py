@@ -1,0 +1,62 @@
+"""Train and evaluate: python -m ferjax.main --config configs/rafdb.py:mek --workdir DIR
+
+Kept short on purpose: everything lives in `ferjax.train` so notebooks and tests can call
+`train_and_evaluate(config, workdir)` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "config file, optionally with ':args'",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "where checkpoints, metrics and pictures go")
+flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
+flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-process: index of this process")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with cluster "
+                  "auto-detection (Cloud TPU pods, SLURM, ...)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def init_distributed() -> None:
+    import jax
+    if FLAGS.coordinator_address:
+        if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    init_distributed()
+    import jax
+
+    from ferjax import train
+    logging.getLogger("ferjax").info("process %d of %d, devices: %s", jax.process_index(),
+                                     jax.process_count(), jax.devices())
+    try:
+        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (train.NonFiniteLossError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if jax.process_index() == 0:
+        brief = {k: result[k] for k in ("step", "accuracy", "mean_class_accuracy") if k in result}
+        print(json.dumps(brief, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,149 @@
+"""Evaluation metrics (pure functions of arrays), metric writers and the confusion-matrix picture."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger("ferjax")
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
+                     mask: np.ndarray | None = None) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted; rows with mask 0 ignored."""
+    labels = np.asarray(labels, np.int64)
+    predictions = np.asarray(predictions, np.int64)
+    if mask is not None:
+        keep = np.asarray(mask) > 0
+        labels, predictions = labels[keep], predictions[keep]
+    flat = labels * num_classes + predictions
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes,
+                                                                         num_classes)
+
+
+def accuracy_summary(cm: np.ndarray) -> dict:
+    """Overall accuracy, mean class accuracy (unweighted mean of per-class recall over the
+    classes present in the evaluated set) and per-class accuracy (NaN for absent classes)."""
+    cm = np.asarray(cm, np.float64)
+    support = cm.sum(axis=1)
+    total = support.sum()
+    per_class = np.divide(np.diag(cm), support, out=np.full(len(cm), np.nan),
+                          where=support > 0)
+    return {"accuracy": float(np.trace(cm) / total) if total else float("nan"),
+            "mean_class_accuracy": float(np.nanmean(per_class)) if np.any(support > 0)
+            else float("nan"),
+            "per_class_accuracy": per_class, "support": support.astype(np.int64)}
+
+
+def history_summary(values: Sequence[float], k: int = 5) -> dict:
+    """Last, best and mean of the last k of a metric over evaluations (spec §7.13)."""
+    if not values:
+        return {}
+    v = np.asarray(values, np.float64)
+    return {"last": float(v[-1]), "best": float(np.nanmax(v)),
+            f"mean_last_{k}": float(np.mean(v[-k:]))}
+
+
+def per_class_table(summary: dict, class_names: Sequence[str]) -> str:
+    """A plain-text table of per-class accuracy and support."""
+    lines = [f"{'class':<12}{'accuracy':>10}{'support':>10}"]
+    for name, acc, n in zip(class_names, summary["per_class_accuracy"], summary["support"]):
+        shown = "-" if np.isnan(acc) else f"{100 * acc:.2f}"
+        lines.append(f"{name:<12}{shown:>10}{int(n):>10}")
+    lines.append(f"{'mean class':<12}{100 * summary['mean_class_accuracy']:>10.2f}")
+    lines.append(f"{'overall':<12}{100 * summary['accuracy']:>10.2f}{int(summary['support'].sum()):>10}")
+    return "\n".join(lines)
+
+
+def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
+                       title: str = "") -> None:
+    """Writes the row-normalised confusion matrix as a PNG (cell shade = recall share,
+    text = percent and count)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cm = np.asarray(cm, np.int64)
+    k = len(class_names)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    cell, left, top = 64, 110, 60 if title else 40
+    width, height = left + k * cell + 10, top + k * cell + 40
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    if title:
+        d.text((10, 8), title, fill="black", font=font)
+    d.text((left, top - 30), "predicted ->", fill="black", font=font)
+    for j, name in enumerate(class_names):
+        d.text((left + j * cell + 4, top - 14), name[:9], fill="black", font=font)
+    for i, name in enumerate(class_names):
+        d.text((6, top + i * cell + cell // 2 - 6), name[:14], fill="black", font=font)
+        for j in range(k):
+            shade = int(255 * (1 - share[i, j]))
+            x0, y0 = left + j * cell, top + i * cell
+            d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255),
+                        outline=(200, 200, 200))
+            ink = "white" if share[i, j] > 0.5 else "black"
+            d.text((x0 + 6, y0 + 18), f"{100 * share[i, j]:.1f}%", fill=ink, font=font)
+            d.text((x0 + 6, y0 + 34), f"{cm[i, j]}", fill=ink, font=font)
+    d.text((6, top + k * cell + 12), "rows: true class (normalised to 100 %)", fill="black",
+           font=font)
+    tmp = path + ".tmp.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+class MetricWriter:
+    """Scalars to a JSONL file and TensorBoard event files (tensorboardX, no TensorFlow).
+
+    Only the writing process (process 0) should create one.
+    """
+
+    def __init__(self, workdir: str, enable_tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._tb = None
+        if enable_tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        clean = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, int(step))
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        if self._tb is not None:
+            self._tb.add_text(tag, f"```\n{text}\n```", int(step))
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class NullWriter:
+    """What non-zero processes get: the same interface, writing nothing."""
+
+    def write_scalars(self, step, scalars):
+        pass
+
+    def write_text(self, step, tag, text):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass

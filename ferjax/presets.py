@@ -1,0 +1,178 @@
+"""The base config (every field, its default and meaning) and the method presets.
+
+Dataset configs in `configs/` start from `base_config()`, set their data fields and call
+`apply_method(config, name)`. A preset only sets fields; any field can still be changed
+on the command line (`--config.loss.terms.rac=0.5`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+METHODS = ("baseline", "rul_cbam", "mek", "rlrcnet")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # seeds parameters, data order, augmentation and dropout
+    c.method = "baseline"           # the preset applied last (informational)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "synthetic_fer"        # dataset builder (ferjax.data.builders.BUILDERS)
+    d.config = placeholder(str)     # builder config, e.g. '7' / '8' classes; None = its first
+    d.data_dir = ""                 # TFDS data dir; '' = $FERJAX_DATA_DIR or ~/ferjax_datasets
+    d.manual_dir = ""               # the downloaded dataset folder, used to build on first use
+    d.auto_build = True             # build the dataset on first use when it is missing
+    d.on_bad_image = "skip"         # 'skip' (count) or 'fail' on unreadable images when building
+    d.train_split = "train"         # split to train on
+    d.eval_split = "test"           # split evaluated during and after training
+    d.fold = -1                     # subject-independent CV fold (CK+); -1 = no folds
+    d.num_folds = 10                # number of CV folds when fold >= 0
+    d.image_size = 224              # square model input side (host resize)
+    d.sampler = "uniform"           # 'uniform', 'class_balanced' or 'reversed'
+    d.second_sampler = "reversed"   # sampler of the second stream (dual-branch forward only)
+    d.num_workers = 0               # grain worker processes (0 = read in the main process)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "resnet18"             # 'resnet18', 'shufflenet_v2' or 'rlrcnet'
+    m.head = placeholder(str)       # 'linear', 'rul', 'dual_branch'; None = the model's default
+    m.dtype = "float32"             # compute dtype, 'float32' or 'bfloat16' (params stay fp32)
+    m.width = 64                    # ResNet first-stage channels
+    m.cbam_placement = "none"       # ResNet CBAM: 'block', 'stage', 'final' or 'none'
+    m.cbam_reduction = 16           # CBAM channel-MLP reduction ratio
+    m.cbam_gate_bias = 0.0          # CBAM gate bias at init (3.0 opens gates to ~0.95)
+    m.width_mult = 1.0              # ShuffleNetV2 width: 0.5, 1.0, 1.5, 2.0
+    m.stem_width = 24               # ShuffleNetV2 stem channels
+    m.channels = ()                 # ShuffleNetV2 explicit stage widths (overrides width_mult)
+    m.kernel_size = placeholder(int)  # ShuffleNet depthwise kernel; None = default (3; RLR 5)
+    m.clip = placeholder(bool)      # drop the main branch's first 1x1; None = model default
+    m.clip_stride2 = True           # also clip stride-2 units (RLR-CNet)
+    m.activation = placeholder(str)  # 'relu', 'mish', 'beta_mish'; None = model default
+    m.beta = 1.5                    # β of β-Mish
+    m.sa_placement = placeholder(str)  # 'none', 'last', 'stages', 'branch'; None = default
+    m.sa_groups = 8                 # Shuffle Attention groups (2G must divide the channels)
+    m.dropout = 0.0                 # dropout before the linear classifier
+    m.rul_dim = 64                  # RUL feature dimension
+    m.rul_dropout = 0.4             # RUL branch dropout
+    m.pretrained = ""               # weights file (.npz/.safetensors/.pth), torchvision layout
+    m.pretrained_strict = True      # fail on missing / unexpected keys
+    m.pretrained_exclude = ()       # regexes of keys to leave untouched (e.g. '^fc\\.', 'cbam')
+
+    c.loss = lo = ml_collections.ConfigDict()
+    lo.forward = "single"           # 'single', 'flip_pair', 'uncertainty_mix', 'dual_branch'
+    lo.terms = ml_collections.ConfigDict({"ce": 1.0})  # loss term -> weight
+    lo.class_weight = "none"        # 'inv_norm_K','max_ratio','mek_style','effective_num','sqrt_inv','none'
+    lo.class_weight_reduction = "torch_weighted_mean"  # or 'mean' (spec §7.2)
+    lo.label_smoothing = 0.1        # ε of the plain 'label_smoothing' term
+    lo.rsl_epsilon = 0.3            # ε of MEK's re-balanced smooth labels
+    lo.bbn_alpha_rule = "paper"     # BBN α divisor: 'paper' (T_max) or 'official'
+
+    c.augment = a = ml_collections.ConfigDict()
+    a.ops = ("flip", "normalize")   # on-device augmentation ops, in order
+    a.normalize = ml_collections.ConfigDict({"mean": (0.485, 0.456, 0.406),
+                                             "std": (0.229, 0.224, 0.225)})
+    a.flip = ml_collections.ConfigDict({"prob": 0.5})
+    a.flip_or_noise = ml_collections.ConfigDict({"prob": 0.5, "noise_std": 0.02148})
+    a.affine = ml_collections.ConfigDict({"degrees": 10.0, "scale": (1.0, 1.0),
+                                          "translate": 0.0})
+    a.crop_pad = ml_collections.ConfigDict({"pad": 8})
+    a.color_jitter = ml_collections.ConfigDict({"brightness": 0.2, "contrast": 0.2,
+                                                "saturation": 0.2})
+    a.erase = ml_collections.ConfigDict({"prob": 0.5, "area": (0.02, 0.25),
+                                         "aspect": (0.3, 3.3), "fill": "zero"})
+    a.random_mask = ml_collections.ConfigDict({"prob": 0.5, "max_patches": 3,
+                                               "area": (0.02, 0.10), "aspect": (0.3, 3.3),
+                                               "fill": "random"})
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adam_l2"              # 'adam_l2' (coupled L2), 'adamw' or 'sgd'
+    o.lr = 2e-4                     # base learning rate
+    o.classifier_lr_multiplier = 1.0  # lr factor of the final classifier (RUL: 10)
+    o.weight_decay = 1e-4           # L2 / decoupled weight decay
+    o.decay_all = True              # decay every parameter (torch default) or only kernels
+    o.b1 = 0.9                      # Adam β1
+    o.b2 = 0.999                    # Adam β2
+    o.eps = 1e-8                    # Adam ε
+    o.momentum = 0.9                # SGD momentum
+    o.nesterov = False              # SGD Nesterov
+    o.schedule = "exponential"      # 'constant', 'exponential', 'cosine', 'multistep'
+    o.decay_rate = 0.9              # exponential: per-epoch factor; multistep: factor per milestone
+    o.milestones = (120, 160)       # multistep epochs
+    o.warmup_epochs = 0.0           # linear warm-up length
+    o.warmup_start_factor = 0.0     # warm-up starts at lr · this
+    o.min_lr = 0.0                  # cosine floor
+    o.clip_norm = 0.0               # global-norm gradient clipping; 0 = off
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 64               # global batch (split over all devices)
+    t.epochs = 60                   # training length in epochs (when num_steps <= 0)
+    t.num_steps = -1                # training length in steps; overrides epochs when > 0
+    t.eval_every_steps = -1         # evaluation period; -1 = once per epoch
+    t.checkpoint_every_steps = -1   # checkpoint period; -1 = at every evaluation
+    t.keep_checkpoints = 3          # latest checkpoints kept (the best is kept separately)
+    t.log_every_steps = 20          # train-metric logging period
+    t.mean_of_last_k = 5            # k of the 'mean of last k evaluations' summary
+    t.on_nonfinite = "stop"         # NaN/Inf loss: 'stop' or 'skip' the step
+    t.max_nonfinite_steps = 10      # with 'skip': stop after this many bad steps
+    t.progress_bar = True           # tqdm progress bar with rate and ETA
+    t.tensorboard = True            # TensorBoard event files (tensorboardX) besides JSONL
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch_size = 256              # global eval batch (padded; every example counts once)
+    return c
+
+
+def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """Sets the fields of a method preset (spec §2-4) on config `c`, in place."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    c.method = method
+    if method == "baseline":
+        c.loss.forward = "single"
+        c.loss.terms = ml_collections.ConfigDict({"ce": 1.0})
+        c.augment.ops = ("flip_or_noise", "normalize", "erase")
+    elif method == "rul_cbam":  # Fan et al. 2022 on RUL (spec §2)
+        c.model.name = "resnet18"
+        c.model.cbam_placement = "block"
+        c.model.head = "rul"
+        c.loss.forward = "uncertainty_mix"
+        c.loss.terms = ml_collections.ConfigDict({"rul_add_up": 1.0})
+        c.loss.class_weight = "inv_norm_K"
+        c.augment.ops = ("flip_or_noise", "normalize", "erase")
+        c.optim.classifier_lr_multiplier = 10.0
+    elif method == "mek":  # Zhang et al. 2023, ResNet-18 recipe (spec §3.7)
+        c.loss.forward = "flip_pair"
+        c.loss.terms = ml_collections.ConfigDict({"rsl": 1.0, "rac": 0.1})
+        c.loss.rsl_epsilon = 0.3
+        c.augment.ops = ("flip_or_noise", "normalize", "erase")
+    elif method == "rlrcnet":  # RLR-CNet (spec §4)
+        c.model.name = "rlrcnet"
+        c.model.head = "dual_branch"
+        c.loss.forward = "dual_branch"
+        c.loss.terms = ml_collections.ConfigDict({"bbn": 1.0})
+        c.data.second_sampler = "reversed"
+        c.augment.ops = ("crop_pad", "flip", "affine", "normalize", "random_mask")
+        c.optim.name = "sgd"
+        c.optim.lr = 0.05 * c.train.batch_size / 128
+        c.optim.weight_decay = 5e-4
+        c.optim.decay_all = False
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 5.0
+        c.train.epochs = 100
+    return c
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+    """'mek,smoke' or 'method=mek,classes=8' -> dict; bare words are flags (True),
+    except a bare method name, which sets 'method'."""
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.strip()] = value.strip()
+        elif item in METHODS:
+            out["method"] = item
+        else:
+            out[item.strip()] = True
+    return out

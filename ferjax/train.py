@@ -1,0 +1,420 @@
+"""The one training loop: data-parallel over a device mesh with jit and shardings.
+
+The batch is sharded over the 'data' axis of all devices of all processes; model and
+optimizer state are replicated, so BatchNorm statistics are those of the global batch.
+Methods differ only by configuration: `config.loss.forward` and `config.loss.terms` pick
+registered parts (`ferjax.methods`), `config.augment.ops` the on-device augmentations,
+`config.data.sampler` the sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ferjax import methods, metrics as metrics_lib
+from ferjax.checkpoint import Checkpointer
+from ferjax.data import augment as augment_lib
+from ferjax.data import pipeline, sources
+from ferjax.losses import class_weights as class_weights_fn
+from ferjax.losses import cumulative_alpha
+from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
+from ferjax.models import apply_pretrained, build_model, count_params
+from ferjax.optim import current_lr, make_optimizer
+
+log = logging.getLogger("ferjax")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradients became NaN/Inf and config.train.on_nonfinite asks to stop."""
+
+
+# ----------------------------------------------------------------------------- mesh
+
+def make_mesh() -> jax.sharding.Mesh:
+    """1-D 'data' mesh over every device of every process (Auto axes: XLA inserts the
+    collectives the RUL batch permutation needs)."""
+    return jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+    """Host-local numpy batch -> global jax arrays sharded over the batch axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- setup
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The static description of a training step, read from the config once."""
+    forward: str
+    terms: tuple            # ((term name, weight), ...)
+    train_ops: tuple        # augmentation ops (name, params)
+    eval_ops: tuple
+    loss_static: dict       # scalars the terms read (class_weight, epsilons, ...)
+    needs_second_stream: bool
+
+
+def make_recipe(config) -> Recipe:
+    loss = config.loss
+    methods.check_recipe(loss)
+    if loss.class_weight not in CLASS_WEIGHT_SCHEMES:
+        raise ValueError(f"config.loss.class_weight={loss.class_weight!r}; expected one of "
+                         f"{CLASS_WEIGHT_SCHEMES}")
+    eval_ops = augment_lib.parse_ops(ml_collections.ConfigDict(
+        {"ops": ("normalize",), "normalize": config.augment.normalize}))
+    static = {"class_weight": loss.class_weight,
+              "class_weight_reduction": loss.class_weight_reduction,
+              "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon}
+    return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
+                  augment_lib.parse_ops(config.augment), eval_ops, static,
+                  loss.forward == "dual_branch")
+
+
+def make_model_and_optimizer(config, num_classes: int, steps_per_epoch: int,
+                             total_steps: int):
+    model = build_model(config.model, num_classes=num_classes,
+                        image_size=config.data.image_size,
+                        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    report = apply_pretrained(model, config.model)
+    if report is not None:
+        log.info("pretrained weights %s:\n%s", config.model.pretrained, report)
+    tx = make_optimizer(config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return model, optimizer
+
+
+def replicate(tree_owner, mesh) -> None:
+    """Places every array of a module / optimizer replicated on the mesh, in place."""
+    state = nnx.state(tree_owner)
+    nnx.update(tree_owner, jax.device_put(state, NamedSharding(mesh, P())))
+
+
+# ----------------------------------------------------------------------------- steps
+
+def make_train_step(recipe: Recipe):
+    """The jitted train step: augment on device, forward, loss, update; state rolled back
+    when the loss or the gradient norm is not finite."""
+
+    def train_step(model, optimizer, batch, step, base_key, alpha, class_weights,
+                   rebalance_weights):
+        key = jax.random.fold_in(base_key, step)
+        k_aug, k_aug_rev, k_forward, k_dropout = jax.random.split(key, 4)
+        batch = dict(batch)
+        batch["image"] = augment_lib.augment_batch(k_aug, batch["image"], recipe.train_ops)
+        if "image_rev" in batch:
+            batch["image_rev"] = augment_lib.augment_batch(k_aug_rev, batch["image_rev"],
+                                                           recipe.train_ops)
+        nnx.reseed(model, dropout=k_dropout)
+        ctx = methods.StepContext(class_weights, rebalance_weights, alpha, k_forward,
+                                  recipe.loss_static)
+
+        def loss_fn(m):
+            out = methods.FORWARDS.get(recipe.forward)(m, batch, ctx)
+            loss, terms = methods.total_loss(out, batch, ctx, recipe.terms)
+            return loss, (terms, out["logits"])
+
+        keep = nnx.Not(nnx.RngState)
+        before = nnx.state((model, optimizer), keep)
+        (loss, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        optimizer.update(model, grads)
+        after = nnx.state((model, optimizer), keep)
+        nnx.update((model, optimizer),
+                   jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+        return {"loss": loss, "train_accuracy": accuracy, "grad_norm": grad_norm,
+                "finite": finite, **{f"loss/{k}": v for k, v in terms.items()}}
+
+    return nnx.jit(train_step, donate_argnames=("model", "optimizer"))
+
+
+def make_eval_step(recipe: Recipe, num_classes: int):
+    """Jitted: (model, batch) -> (K, K) confusion counts of the masked batch."""
+
+    def eval_step(model, batch):
+        x = augment_lib.augment_batch(jax.random.key(0), batch["image"], recipe.eval_ops)
+        logits = model(x)["logits"]
+        pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
+        true = jax.nn.one_hot(batch["label"], num_classes) * batch["mask"][:, None]
+        return (true.T @ pred).astype(jnp.int32), logits
+
+    return nnx.jit(eval_step)
+
+
+def evaluate(model, eval_step, eval_split: sources.Split, config, data_sharding,
+             num_classes: int) -> np.ndarray:
+    """One pass over the eval split; returns the (K, K) confusion matrix."""
+    ds, _ = pipeline.eval_dataset(eval_split.source, global_batch_size=config.eval.batch_size,
+                                  image_size=config.data.image_size,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+    view = nnx.view(model, deterministic=True, use_running_average=True,
+                    raise_if_not_found=False)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for batch in ds:
+        batch = to_global({k: batch[k] for k in ("image", "label", "mask")}, data_sharding)
+        counts, _ = eval_step(view, batch)
+        cm += np.asarray(jax.device_get(counts), np.int64)
+    return cm
+
+
+# ----------------------------------------------------------------------------- loop
+
+class _Preemption:
+    """Turns SIGTERM (Cloud TPU preemption, `kill`) into a flag the loop checks."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _load_eval_history(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "evals.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                desc="train", mininterval=1.0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+
+    Returns a summary: final and best metrics, per-class accuracy, where files went.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    recipe = make_recipe(config)
+    is_writer = jax.process_index() == 0
+    mesh = make_mesh()
+    data_sharding = NamedSharding(mesh, P("data"))
+    if config.train.batch_size % jax.device_count():
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} does not divide "
+                         f"over {jax.device_count()} devices")
+    if config.eval.batch_size % jax.device_count():
+        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} does not divide "
+                         f"over {jax.device_count()} devices")
+
+    train_split, eval_split = sources.open_train_and_eval(config.data)
+    num_classes = train_split.num_classes
+    train_data = pipeline.train_dataset(
+        train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
+        image_size=config.data.image_size, sampler=config.data.sampler,
+        second_sampler=config.data.second_sampler if recipe.needs_second_stream else None,
+        seed=config.seed, num_workers=config.data.num_workers,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    steps_per_epoch = train_data.steps_per_epoch
+    total_steps = (config.train.num_steps if config.train.num_steps > 0
+                   else config.train.epochs * steps_per_epoch)
+    total_epochs = math.ceil(total_steps / steps_per_epoch)
+    eval_every = config.train.eval_every_steps if config.train.eval_every_steps > 0 \
+        else steps_per_epoch
+    ckpt_every = config.train.checkpoint_every_steps if config.train.checkpoint_every_steps > 0 \
+        else eval_every
+
+    counts = train_data.class_counts
+    weights = class_weights_fn(counts, config.loss.class_weight)
+    present = counts > 0
+    rebalance = np.zeros(len(counts), np.float32)
+    rebalance[present] = counts.sum() / (10.0 * counts[present])
+
+    with jax.set_mesh(mesh):
+        model, optimizer = make_model_and_optimizer(config, num_classes, steps_per_epoch,
+                                                    total_steps)
+        replicate(model, mesh)
+        replicate(optimizer, mesh)
+    train_iter = iter(train_data.dataset)
+    ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    start_step = ckpt.restore(model, optimizer, train_iter) or 0
+    if is_writer:
+        _write_config(config, workdir)
+    writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
+        else metrics_lib.NullWriter()
+    history = _load_eval_history(workdir) if start_step else []
+    log.info("%s: %d train / %d eval examples, %d classes; model %s (%s parameters); "
+             "%d devices; %d steps (%d per epoch)%s", config.data.name, len(train_split),
+             len(eval_split), num_classes, config.model.name, f"{count_params(model):,}",
+             jax.device_count(), total_steps, steps_per_epoch,
+             f"; resumed at step {start_step}" if start_step else "")
+
+    train_step = make_train_step(recipe)
+    eval_step = make_eval_step(recipe, num_classes)
+    base_key = jax.random.key(config.seed)
+    class_weights = jnp.asarray(weights)
+    rebalance_weights = jnp.asarray(rebalance)
+    pending: list[dict] = []
+    nonfinite_steps: list[int] = []
+    bar = _progress(total_steps, start_step, is_writer and config.train.progress_bar)
+    last_cm = None
+    step = start_step
+    t_log = time.time()
+
+    def save(at_step):
+        ckpt.save(at_step, model, optimizer, train_iter)
+
+    def flush_train_metrics(at_step):
+        nonlocal pending, t_log
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        for i, m in enumerate(fetched):
+            if not bool(m["finite"]):
+                nonfinite_steps.append(at_step - len(fetched) + i + 1)
+        means = {k: float(np.mean([m[k] for m in fetched if bool(m["finite"])] or [np.nan]))
+                 for k in fetched[0] if k != "finite"}
+        rate = len(fetched) / max(time.time() - t_log, 1e-9)
+        means.update(lr=current_lr(config.optim, at_step, steps_per_epoch, total_steps),
+                     steps_per_second=rate,
+                     images_per_second=rate * config.train.batch_size)
+        writer.write_scalars(at_step, {f"train/{k}": v for k, v in means.items()})
+        if bar is not None:
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['train_accuracy']:.3f}")
+        pending, t_log = [], time.time()
+        if nonfinite_steps:
+            first = nonfinite_steps[0]
+            if config.train.on_nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"loss or gradients became NaN/Inf at step {first}; the update was "
+                    f"discarded and no checkpoint was written after it. Lower the learning "
+                    f"rate or set config.train.on_nonfinite='skip'.")
+            log.warning("skipped %d non-finite steps so far (first at step %d)",
+                        len(nonfinite_steps), first)
+            if len(nonfinite_steps) > config.train.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{len(nonfinite_steps)} steps had NaN/Inf loss (first at step {first}), "
+                    f"more than config.train.max_nonfinite_steps="
+                    f"{config.train.max_nonfinite_steps}")
+
+    def run_eval(at_step):
+        nonlocal last_cm
+        cm = evaluate(model, eval_step, eval_split, config, data_sharding, num_classes)
+        summary = metrics_lib.accuracy_summary(cm)
+        last_cm = cm
+        record = {"step": at_step, "accuracy": summary["accuracy"],
+                  "mean_class_accuracy": summary["mean_class_accuracy"]}
+        history.append(record)
+        if is_writer:
+            with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            writer.write_scalars(at_step, {
+                "eval/accuracy": summary["accuracy"],
+                "eval/mean_class_accuracy": summary["mean_class_accuracy"],
+                **{f"eval/class_accuracy/{n}": a
+                   for n, a in zip(eval_split.class_names, summary["per_class_accuracy"])
+                   if not np.isnan(a)}})
+        message = (f"eval step {at_step} (epoch {at_step / steps_per_epoch:.2f}): "
+                   f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
+                   f"{100 * summary['mean_class_accuracy']:.2f}")
+        (bar.write if bar is not None else log.info)(message)
+        ckpt.save_if_best(at_step, model, optimizer, record)
+        return summary
+
+    with _Preemption() as preemption, jax.set_mesh(mesh):
+        try:
+            while step < total_steps:
+                epoch = min(step // steps_per_epoch + 1, total_epochs)
+                alpha = cumulative_alpha(epoch, total_epochs, config.loss.bbn_alpha_rule)
+                batch = to_global(next(train_iter), data_sharding)
+                pending.append(train_step(model, optimizer, batch, jnp.int32(step), base_key,
+                                          jnp.float32(alpha), class_weights,
+                                          rebalance_weights))
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                boundary = step % eval_every == 0 or step % ckpt_every == 0 \
+                    or step == total_steps or preemption.requested
+                if step % config.train.log_every_steps == 0 or boundary:
+                    flush_train_metrics(step)
+                if step % eval_every == 0 or step == total_steps:
+                    run_eval(step)
+                if step % ckpt_every == 0 or step == total_steps or preemption.requested:
+                    save(step)
+                if preemption.requested:
+                    log.warning("stopped at step %d after SIGTERM; rerun the same command to "
+                                "resume", step)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.flush()
+
+    result = _final_summary(config, workdir, history, last_cm, eval_split.class_names, step,
+                            total_steps, preemption.requested, nonfinite_steps)
+    writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
+    writer.close()
+    ckpt.close()
+    if hasattr(train_iter, "close"):
+        train_iter.close()
+    return result
+
+
+def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
+                   nonfinite_steps) -> dict:
+    k = config.train.mean_of_last_k
+    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
+                              "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
+    for metric in ("accuracy", "mean_class_accuracy"):
+        result[metric] = metrics_lib.history_summary([h[metric] for h in history], k)
+    if cm is not None:
+        summary = metrics_lib.accuracy_summary(cm)
+        table = metrics_lib.per_class_table(summary, class_names)
+        result["per_class_accuracy"] = {n: (None if np.isnan(a) else float(a))
+                                        for n, a in zip(class_names,
+                                                        summary["per_class_accuracy"])}
+        result["confusion_matrix"] = cm.tolist()
+        result["per_class_table"] = table
+        if jax.process_index() == 0:
+            metrics_lib.save_confusion_png(cm, class_names,
+                                           os.path.join(workdir, "confusion_matrix.png"),
+                                           f"{config.data.name} step {step}")
+            with open(os.path.join(workdir, "summary.json"), "w") as f:
+                json.dump(result, f, indent=2)
+        log.info("final evaluation at step %d:\n%s", step, table)
+    return result
