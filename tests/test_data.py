@@ -1,0 +1,352 @@
+"""Builders from tiny fake copies of each real layout, the synthetic set, and the grain pipeline."""
+
+import csv
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferjax.data import build as build_lib
+from ferjax.data import pipeline, synthetic
+from ferjax.data.builders import subject_folds
+from ferjax.data.images import BadImageError, open_rgb
+from ferjax.data.sources import open_split
+
+RNG = np.random.default_rng(0)
+
+
+def save_image(path, size=(12, 12), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        Image.fromarray(RNG.integers(0, 65535, size, dtype=np.uint16)).save(path)
+    else:
+        arr = RNG.integers(0, 255, size + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        img = img.convert(mode) if mode != img.mode else img
+        img.save(path)
+
+
+def build(name, manual_dir, data_dir, config=None, **kw):
+    return build_lib.build(name, config=config, manual_dir=str(manual_dir) if manual_dir else None,
+                           data_dir=str(data_dir), **kw)
+
+
+def labels_of(builder, split):
+    return build_lib.label_counts(builder, split)
+
+
+# ------------------------------------------------------------------------------ RAF-DB
+
+def test_rafdb_builds_exact_official_counts(tmp_path, rafdb_label_file):
+    manual = tmp_path / "raf" / "basic"
+    (manual / "EmoLabel").mkdir(parents=True)
+    shutil.copy(rafdb_label_file, manual / "EmoLabel")
+    names = [line.split()[0] for line in rafdb_label_file.read_text().splitlines() if line]
+    tiny = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    (manual / "Image" / "aligned").mkdir(parents=True)
+    for name in names:
+        tiny.save(manual / "Image" / "aligned" / f"{name[:-4]}_aligned.jpg")
+    builder = build("rafdb", tmp_path / "raf", tmp_path / "data")
+    assert labels_of(builder, "train").tolist() == [1290, 281, 717, 4772, 1982, 705, 2524]
+    assert labels_of(builder, "test").tolist() == [329, 74, 160, 1185, 478, 162, 680]
+    meta = builder.info.metadata
+    assert meta["source_to_canonical"]["Happiness"] == "happiness"
+    ids = {builder.as_data_source("test")[i]["id"] for i in range(5)}
+    assert all(i.decode().startswith("test_") for i in ids)
+
+
+def _small_raf(tmp_path, label_lines):
+    manual = tmp_path / "raf"
+    (manual / "EmoLabel").mkdir(parents=True)
+    (manual / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(label_lines))
+    return manual
+
+
+def test_rafdb_label_file_with_other_counts_is_refused(tmp_path):
+    manual = _small_raf(tmp_path, ["train_00001.jpg 1", "test_0001.jpg 2"])
+    with pytest.raises(ValueError, match="differ from RAF-DB basic"):
+        build("rafdb", manual, tmp_path / "data")
+
+
+def test_missing_or_empty_manual_dir_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="(?s)does not exist.*RAF-DB is licensed"):
+        build("rafdb", tmp_path / "nowhere", tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        build("rafdb", tmp_path / "empty", tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="needs --manual_dir"):
+        build("affectnet", None, tmp_path / "data")
+
+
+# ------------------------------------------------------------------------------ image folder
+
+def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
+    root = tmp_path / "faces"
+    save_image(root / "train" / "happy" / "a.jpg")
+    save_image(root / "train" / "happy" / "grey.png", mode="L")
+    save_image(root / "train" / "sad" / "cmyk.jpg", mode="CMYK")
+    save_image(root / "train" / "sad" / "deep.png", mode="I;16")
+    save_image(root / "train" / "neutral" / "rgba.png", mode="RGBA")
+    (root / "train" / "neutral" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    good = root / "train" / "neutral" / "cut.jpg"
+    save_image(good, size=(64, 64))
+    good.write_bytes(good.read_bytes()[:200])  # truncated
+    save_image(root / "test" / "angry" / "t.jpg")
+    builder = build("image_folder", root, tmp_path / "data")
+    counts = labels_of(builder, "train")
+    assert counts.tolist() == [0, 0, 0, 2, 2, 0, 1]
+    assert len(builder.skipped["train"]) == 2
+    assert any("broken.jpg" in s for s in builder.skipped["train"])
+    example = builder.as_data_source("train")[0]
+    assert example["image"].dtype == np.uint8 and example["image"].shape[-1] == 3
+
+
+def test_image_folder_bad_image_is_fatal_with_the_flag(tmp_path):
+    root = tmp_path / "faces"
+    save_image(root / "happy" / "a.jpg")
+    (root / "happy" / "broken.jpg").write_bytes(b"nope")
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        build("image_folder", root, tmp_path / "data", on_bad_image="fail")
+
+
+def test_image_folder_unknown_class_and_empty_split(tmp_path):
+    root = tmp_path / "faces"
+    save_image(root / "bored" / "a.jpg")
+    with pytest.raises(ValueError, match="class folder .*bored"):
+        build("image_folder", root, tmp_path / "data")
+    root2 = tmp_path / "faces2"
+    (root2 / "happy").mkdir(parents=True)
+    (root2 / "happy" / "x.jpg").write_bytes(b"bad")
+    with pytest.raises(ValueError, match="split 'train' came out empty"):
+        build("image_folder", root2, tmp_path / "data2")
+
+
+def test_open_rgb_handles_modes_and_names_missing_files(tmp_path):
+    for mode in ("L", "CMYK", "I;16", "RGBA", "P"):
+        path = tmp_path / f"x_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+        save_image(path, mode=mode)
+        img = open_rgb(path)
+        assert img.mode == "RGB" and img.size == (12, 12)
+    with pytest.raises(BadImageError, match="not found: .*nothere.png"):
+        open_rgb(tmp_path / "nothere.png")
+
+
+# ------------------------------------------------------------------------------ AffectNet
+
+def _affectnet(tmp_path):
+    manual = _mk(tmp_path / "affectnet")
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+              "facial_landmarks", "expression", "valence", "arousal"]
+    for csv_name, codes in (("training.csv", [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]),
+                            ("validation.csv", [1, 7, 9])):
+        with open(manual / csv_name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for i, code in enumerate(codes):
+                rel = f"{i}/{csv_name[0]}{i}.jpg"
+                save_image(manual / "Manually_Annotated_Images" / rel, size=(40, 30))
+                w.writerow([rel, 5, 4, 20, 22, "", code, 0.1, 0.2])
+    return manual
+
+
+def _mk(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def test_affectnet_7_and_8_classes_crop_and_drop(tmp_path):
+    manual = _affectnet(tmp_path)
+    b7 = build("affectnet", manual, tmp_path / "data", config="7")
+    b8 = build("affectnet", manual, tmp_path / "data", config="8")
+    # codes 0..6 -> Ne Ha Sa Su Fe Di An in canonical order; 8 and 10 dropped; 7 only in '8'.
+    assert labels_of(b7, "train").tolist() == [1, 1, 1, 1, 1, 1, 1]
+    assert labels_of(b8, "train").tolist() == [1, 1, 1, 1, 1, 1, 1, 1]
+    assert labels_of(b8, "test").tolist() == [0, 0, 0, 1, 0, 0, 0, 1]
+    img = b7.as_data_source("train")[0]["image"]
+    assert img.shape == (22, 20, 3)  # the csv face box
+
+
+# ------------------------------------------------------------------------------ FER2013 / FERPlus
+
+def _fer_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for emotion, usage in rows:
+            w.writerow([emotion, " ".join(str(v) for v in RNG.integers(0, 255, 2304)), usage])
+
+
+def test_fer2013_splits_and_label_mapping(tmp_path):
+    manual = _mk(tmp_path / "fer")
+    _fer_csv(manual / "fer2013.csv", [(0, "Training"), (3, "Training"), (5, "PublicTest"),
+                                      (6, "PrivateTest")])
+    b = build("fer2013", manual, tmp_path / "data")
+    assert labels_of(b, "train").tolist() == [0, 0, 0, 1, 0, 1, 0]  # Angry->5, Happy->3
+    assert labels_of(b, "validation").tolist() == [1, 0, 0, 0, 0, 0, 0]  # Surprise->0
+    assert labels_of(b, "test").tolist() == [0, 0, 0, 0, 0, 0, 1]
+    assert b.as_data_source("train")[0]["image"].shape == (48, 48, 3)
+
+
+def test_fer2013_bad_label_names_line(tmp_path):
+    manual = _mk(tmp_path / "fer")
+    _fer_csv(manual / "fer2013.csv", [(0, "Training"), (9, "Training")])
+    with pytest.raises(ValueError, match=r"fer2013.csv:3: emotion '9'"):
+        build("fer2013", manual, tmp_path / "data")
+
+
+def test_ferplus_majority_votes(tmp_path):
+    manual = _mk(tmp_path / "ferplus")
+    _fer_csv(manual / "fer2013.csv", [(0, "Training")] * 5 + [(0, "PrivateTest"),
+                                                              (0, "PublicTest")])
+    votes = [[0, 8, 0, 0, 0, 0, 0, 0, 2, 0],   # happiness
+             [5, 5, 0, 0, 0, 0, 0, 0, 0, 0],   # tie -> dropped
+             [0, 0, 0, 0, 0, 0, 0, 0, 6, 4],   # unknown -> dropped
+             [0, 0, 0, 0, 0, 0, 0, 7, 3, 0],   # contempt
+             [1, 0, 0, 0, 0, 0, 9, 0, 0, 0],   # fear
+             [0, 0, 10, 0, 0, 0, 0, 0, 0, 0],  # surprise (test)
+             [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # neutral (validation)
+    with open(manual / "fer2013new.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Usage", "Image name", "neutral", "happiness", "surprise", "sadness",
+                    "anger", "disgust", "fear", "contempt", "unknown", "NF"])
+        for i, v in enumerate(votes):
+            usage = "Training" if i < 5 else ("PrivateTest" if i == 5 else "PublicTest")
+            w.writerow([usage, f"fer{i:07d}.png", *v])
+    b8 = build("ferplus", manual, tmp_path / "data", config="8")
+    assert labels_of(b8, "train").tolist() == [0, 1, 0, 1, 0, 0, 0, 1]
+    assert b8.dropped["no_majority"] == 1 and b8.dropped["unknown_or_not_face"] == 1
+    b7 = build("ferplus", manual, tmp_path / "data", config="7")
+    assert labels_of(b7, "train").tolist() == [0, 1, 0, 1, 0, 0, 0]
+    ex = b8.as_data_source("test")[0]
+    assert ex["votes"].tolist() == votes[5] and ex["label"] == 0
+
+
+# ------------------------------------------------------------------------------ CK+
+
+def test_ckplus_last_frames_subjects_and_folds(tmp_path):
+    manual = tmp_path / "ck"
+    sequences = {("S005", "001"): 3, ("S010", "002"): 7, ("S011", "004"): 5}  # anger/surprise/happy
+    for (subj, seq), code in sequences.items():
+        for frame in range(1, 7):
+            save_image(manual / "cohn-kanade-images" / subj / seq / f"{subj}_{seq}_{frame:08d}.png",
+                       mode="L")
+        emo = manual / "Emotion" / subj / seq / f"{subj}_{seq}_00000006_emotion.txt"
+        emo.parent.mkdir(parents=True)
+        emo.write_text(f"   {code:.7e}\n")
+    b = build("ckplus", manual, tmp_path / "data", config="last3")
+    assert labels_of(b, "train").tolist() == [3, 0, 3, 3, 0, 0, 0, 0]  # Su, Di, Ha
+    raw = b.as_data_source("train")
+    subjects = {raw[i]["subject"].decode() for i in range(len(raw))}
+    assert subjects == {"S005", "S010", "S011"}
+    bn = build("ckplus", manual, tmp_path / "data", config="last3_neutral")
+    assert labels_of(bn, "train")[6] == 3
+    folds = subject_folds(["a", "a", "b", "c", "c"], num_folds=3)
+    assert folds[0] == folds[1] and folds[3] == folds[4] and len(set(folds)) == 3
+    held = open_split(b, "train", fold=0, num_folds=3, hold_out=True)
+    rest = open_split(b, "train", fold=0, num_folds=3, hold_out=False)
+    assert len(held) + len(rest) == 9 and len(held) == 3
+
+
+# ------------------------------------------------------------------------------ synthetic
+
+def test_synthetic_is_deterministic_long_tailed_and_balanced_at_test(tmp_path):
+    a = np.asarray(synthetic.draw_face(2, synthetic.example_rng(0, "train", 5), 32))
+    b = np.asarray(synthetic.draw_face(2, synthetic.example_rng(0, "train", 5), 32))
+    np.testing.assert_array_equal(a, b)
+    counts = synthetic.long_tail_counts(4000, 17.0)
+    assert counts.argmax() == 3 and counts.argmin() == 1
+    assert 15 < counts.max() / counts.min() < 19
+    builder = build("synthetic_fer", None, tmp_path / "data", config="tiny")
+    assert labels_of(builder, "test").tolist() == [10] * 7
+    ex = builder.as_data_source("train")[0]
+    assert ex["image"].shape == (32, 32, 3)
+    clean = [builder.as_data_source("train")[i] for i in range(140)]
+    assert any(e["label"] != e["clean_label"] for e in clean)  # some labels are noisy
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    builder = build("synthetic_fer", None, data_dir, config="tiny")
+    return open_split(builder, "train"), open_split(builder, "test")
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_zero_and_two_workers_yield_identical_batches(tiny_split):
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()
+    train, _ = tiny_split
+    kw = dict(global_batch_size=8, image_size=24, sampler="uniform", seed=3)
+    direct = _take(iter(pipeline.train_dataset(train.source, train.labels, num_workers=0,
+                                               **kw).dataset), 5)
+    it = iter(pipeline.train_dataset(train.source, train.labels, num_workers=2, **kw).dataset)
+    workers = _take(it, 5)
+    it.close() if hasattr(it, "close") else None
+    for a, b in zip(direct, workers):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_restored_iterator_continues_identically(tiny_split):
+    train, _ = tiny_split
+    data = pipeline.train_dataset(train.source, train.labels, global_batch_size=8, image_size=16,
+                                  sampler="reversed", second_sampler="uniform", seed=1)
+    it = iter(data.dataset)
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 4)
+    fresh = iter(pipeline.train_dataset(train.source, train.labels, global_batch_size=8,
+                                        image_size=16, sampler="reversed",
+                                        second_sampler="uniform", seed=1).dataset)
+    fresh.set_state(state)
+    for a, b in zip(expected, _take(fresh, 4)):
+        for k in ("image", "label", "image_rev", "label_rev"):
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_uniform_epochs_visit_every_example_once_per_epoch(tiny_split):
+    train, _ = tiny_split
+    data = pipeline.train_dataset(train.source, train.labels, global_batch_size=14,
+                                  image_size=8, seed=0)
+    it = iter(data.dataset)
+    first = np.concatenate([b["label"] for b in _take(it, 10)])  # 140 = one epoch
+    np.testing.assert_array_equal(np.bincount(first, minlength=7),
+                                  np.bincount(train.labels, minlength=7))
+
+
+def test_reversed_sampler_follows_inverse_frequencies(tiny_split):
+    train, _ = tiny_split
+    counts = np.bincount(train.labels, minlength=7)
+    probs = pipeline.sampler_probabilities("reversed", counts)
+    stream = pipeline.index_stream(train.labels, "reversed", seed=0)
+    drawn = train.labels[[stream[i] for i in range(20000)]]
+    freq = np.bincount(drawn, minlength=7) / len(drawn)
+    np.testing.assert_allclose(freq, probs, atol=0.015)
+    assert probs.argmax() == counts.argmin()
+
+
+def test_eval_padding_counts_every_example_once_over_processes(tiny_split):
+    _, test = tiny_split
+    seen = []
+    for process in range(2):
+        ds, n_batches = pipeline.eval_dataset(test.source, global_batch_size=16, image_size=8,
+                                              process_index=process, process_count=2)
+        batches = list(ds)
+        assert len(batches) == n_batches
+        for b in batches:
+            seen += b["index"][b["mask"] > 0].tolist()
+    assert sorted(seen) == list(range(len(test)))
+
+
+def test_batch_size_must_divide_over_processes(tiny_split):
+    train, _ = tiny_split
+    with pytest.raises(ValueError, match="does not divide over 3 processes"):
+        pipeline.train_dataset(train.source, train.labels, global_batch_size=8, image_size=8,
+                               process_count=3)
