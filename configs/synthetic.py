@@ -17,9 +17,10 @@ def get_config(arg=None):
     c.data.name = "synthetic_fer"
     c.data.config = "default"
     c.data.image_size = 64
-    c.model.width = 32
+    c.data.eval_split = "test_longtail"  # long-tailed like RAF-DB's test; 'test' is balanced
+    c.model.width = 16
     c.train.batch_size = 64
-    c.train.epochs = 12
+    c.train.epochs = 16
     c.train.log_every_steps = 10
     c.eval.batch_size = 256
     apply_method(c, args["method"])
@@ -32,7 +33,7 @@ def get_config(arg=None):
         c.optim.schedule = "cosine"
     c.model.width_mult = 0.5  # ShuffleNet-based presets use the 0.5x trunk here
     if c.model.name == "rlrcnet":
-        c.train.epochs = 12
+        c.train.epochs = 16
         c.model.sa_groups = 2   # 2G must divide the 0.5x stage-4 width (192)
     if args.get("smoke"):
         c.data.config = "tiny"

@@ -156,17 +156,26 @@ def draw_face(label: int, rng: np.random.Generator, size: int = 64,
     return img.resize((size, size), Image.LANCZOS)
 
 
+SPLIT_IDS = {"train": 0, "test": 1, "test_longtail": 2}
+
+
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """Deterministic, independent stream for one example."""
-    return np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
+    return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
 def split_labels(split: str, *, train_size: int, test_per_class: int, imbalance_ratio: float,
                  seed: int) -> np.ndarray:
-    """True (pre-noise) labels of a split, in a seeded shuffled order."""
+    """True (pre-noise) labels of a split, in a seeded shuffled order.
+
+    'train' and 'test_longtail' follow the long tail (the latter like RAF-DB's test set, of
+    the same size as 'test'); 'test' is class-balanced.
+    """
     if split == "train":
         counts = long_tail_counts(train_size, imbalance_ratio)
+    elif split == "test_longtail":
+        counts = long_tail_counts(7 * test_per_class, imbalance_ratio)
     else:
         counts = np.full(7, test_per_class)
     labels = np.repeat(np.arange(7), counts)
-    return np.random.default_rng([seed, 99, split == "train"]).permutation(labels)
+    return np.random.default_rng([seed, 99, SPLIT_IDS[split]]).permutation(labels)

@@ -12,6 +12,17 @@ from flax import nnx
 from ferjax.models import layers
 
 
+def max_along(x: jax.Array, axis: int) -> jax.Array:
+    """max over one axis (keepdims), differentiated through the argmax element.
+
+    jnp.max's gradient divides by the number of elements equal to the max; when XLA
+    recomputes x with different rounding that count can be 0 and the gradient NaN (seen
+    on CPU with jax_disable_most_optimizations). Gathering the argmax avoids the test.
+    """
+    index = jnp.argmax(jax.lax.stop_gradient(x), axis=axis, keepdims=True)
+    return jnp.take_along_axis(x, index, axis=axis)
+
+
 class ChannelGate(nnx.Module):
     """CBAM channel gate: a shared MLP on the avg- and max-pooled vectors, summed, sigmoid."""
 
@@ -24,7 +35,9 @@ class ChannelGate(nnx.Module):
                               bias_init=nnx.initializers.constant(gate_bias / 2))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.stack([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))])  # (2, N, C)
+        n, h, w, c = x.shape
+        spatial_max = max_along(x.reshape(n, h * w, c), axis=1)[:, 0]
+        pooled = jnp.stack([jnp.mean(x, axis=(1, 2)), spatial_max])  # (2, N, C)
         scores = self.fc2(jax.nn.relu(self.fc1(pooled))).sum(axis=0)  # (N, C)
         return x * jax.nn.sigmoid(scores)[:, None, None, :]
 
@@ -40,8 +53,8 @@ class SpatialGate(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Max first, then mean: the order of the official code (matters for weight import).
-        pooled = jnp.concatenate([jnp.max(x, axis=-1, keepdims=True),
-                                  jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
+        pooled = jnp.concatenate([max_along(x, axis=-1), jnp.mean(x, axis=-1, keepdims=True)],
+                                 axis=-1)
         return x * jax.nn.sigmoid(self.bn(self.conv(pooled)))
 
 

@@ -34,7 +34,7 @@ def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
                affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm; Flax `momentum=0.9` equals torch's default `momentum=0.1`."""
     return nnx.BatchNorm(features, momentum=momentum, epsilon=epsilon, use_bias=affine,
-                         use_scale=affine, dtype=dtype, rngs=rngs)
+                         use_scale=affine, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
