@@ -262,10 +262,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt_every = config.train.checkpoint_every_steps if config.train.checkpoint_every_steps > 0 \
         else eval_every
 
-    counts = train_data.class_counts
-    weights = class_weights_fn(counts, config.loss.class_weight)
+    counts = np.zeros(num_classes, np.int64)
+    counts[:len(train_data.class_counts)] = train_data.class_counts
+    # Classes absent from training (neutral in CK+'s 7-class set) get weight 0.
     present = counts > 0
-    rebalance = np.zeros(len(counts), np.float32)
+    weights = np.zeros(num_classes, np.float32)
+    weights[present] = class_weights_fn(counts[present], config.loss.class_weight)
+    rebalance = np.zeros(num_classes, np.float32)
     rebalance[present] = counts.sum() / (10.0 * counts[present])
 
     with jax.set_mesh(mesh):
@@ -278,6 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = ckpt.restore(model, optimizer, train_iter) or 0
     if is_writer:
         _write_config(config, workdir)
+        with open(os.path.join(workdir, "classes.json"), "w") as f:
+            json.dump(list(train_split.class_names), f)
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
         else metrics_lib.NullWriter()
     history = _load_eval_history(workdir) if start_step else []

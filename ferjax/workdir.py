@@ -1,0 +1,48 @@
+"""Reading a training workdir back: its config, class names and a restored model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from flax import nnx
+
+from ferjax.checkpoint import Checkpointer
+from ferjax.models import build_model
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} a ferjax training workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def class_names(workdir: str) -> list[str]:
+    with open(os.path.join(workdir, "classes.json")) as f:
+        return json.load(f)
+
+
+def restore_model(workdir: str, which: str = "best"):
+    """(config, eval-mode model, class names, step) from `which` in 'best', 'latest' or a
+    step number; 'best' falls back to 'latest' when no evaluation has run yet."""
+    config = load_config(workdir)
+    names = class_names(workdir)
+    model = build_model(config.model, num_classes=len(names), image_size=config.data.image_size,
+                        rngs=nnx.Rngs(0))
+    ckpt = Checkpointer(workdir)
+    try:
+        if which.isdigit():
+            step = ckpt.restore(model, step=int(which))
+        else:
+            step = ckpt.restore(model, which=which)
+            if step is None and which == "best":
+                step = ckpt.restore(model, which="latest")
+    finally:
+        ckpt.close()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir} ({which!r})")
+    model.eval()
+    return config, model, names, step

@@ -1,0 +1,85 @@
+"""Configs, the command-line entry points, evaluate and predict on a trained tiny workdir."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferjax import evaluate, predict, train
+from ferjax.presets import METHODS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+
+
+def load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_config_builds_every_method(name, method):
+    config = load(name, method)
+    assert config.method == method
+    train.make_recipe(config)  # forward and terms fit together; augment ops exist
+    assert config.data.name
+    assert "python -m ferjax.main --config configs/" in (ROOT / "configs" / name).read_text()
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="unknown method 'mekk'"):
+        load("rafdb.py", "method=mekk")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    workdir = tmp_path_factory.mktemp("run")
+    config = load("synthetic.py", "baseline,smoke")
+    config.data.data_dir = str(data_dir)
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_evaluate_writes_table_and_picture(trained):
+    result = evaluate.evaluate_workdir(str(trained), split="test", which="latest")
+    out = pathlib.Path(result["output_dir"])
+    assert (out / "confusion_matrix.png").exists() and (out / "per_class.txt").exists()
+    assert np.asarray(result["confusion_matrix"]).sum() == 70  # every test image once
+    assert "mean class" in (out / "per_class.txt").read_text()
+    assert evaluate.main(["--workdir", str(trained), "--checkpoint", "999"]) == 1
+
+
+def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
+    paths = []
+    for i, mode in enumerate(("RGB", "L")):
+        p = tmp_path / f"face{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 40, 3), np.uint8)
+                        ).convert(mode).save(p)
+        paths.append(str(p))
+    results = predict.predict_files(str(trained), paths)
+    assert [r["file"] for r in results] == paths
+    for r in results:
+        assert r["prediction"] in r["probabilities"]
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
+    assert "image not found" in capsys.readouterr().err
+
+
+def test_main_rejects_an_unknown_config_key(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:smoke",
+         "--workdir", str(tmp_path), "--config.train.no_such_field=3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "no_such_field" in proc.stderr
