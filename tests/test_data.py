@@ -350,3 +350,17 @@ def test_batch_size_must_divide_over_processes(tiny_split):
     with pytest.raises(ValueError, match="does not divide over 3 processes"):
         pipeline.train_dataset(train.source, train.labels, global_batch_size=8, image_size=8,
                                process_count=3)
+
+
+def test_processes_read_contiguous_shares_of_the_same_global_batch(tiny_split):
+    train, _ = tiny_split
+    kw = dict(global_batch_size=8, image_size=8, seed=2, sampler="uniform")
+    whole = _take(iter(pipeline.train_dataset(train.source, train.labels, **kw).dataset), 3)
+    parts = [_take(iter(pipeline.train_dataset(train.source, train.labels, process_index=p,
+                                               process_count=2, **kw).dataset), 3)
+             for p in range(2)]
+    for b, (p0, p1) in enumerate(zip(*parts)):
+        np.testing.assert_array_equal(np.concatenate([p0["label"], p1["label"]]),
+                                      whole[b]["label"])
+        np.testing.assert_array_equal(np.concatenate([p0["image"], p1["image"]]),
+                                      whole[b]["image"])

@@ -94,6 +94,21 @@ class ReadPair:
 
 
 @dataclasses.dataclass(frozen=True)
+class LocalChunk:
+    """Global batch index -> this process's slice of it, read and stacked."""
+    stream: grain.MapDataset
+    global_batch: int
+    local_batch: int
+    process_index: int
+    read: Any
+
+    def __call__(self, batch_index: int) -> dict:
+        start = batch_index * self.global_batch + self.process_index * self.local_batch
+        return stack_examples([self.read(self.stream[start + i])
+                               for i in range(self.local_batch)])
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainData:
     """What the loop needs to know about the train stream."""
     dataset: grain.IterDataset
@@ -134,10 +149,11 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
         read_fn: Any = ReadPair(read)
     else:
         read_fn = read
-    # Each process takes every process_count-th element of the same global stream.
-    ds = stream[process_index::process_count].map(read_fn).batch(local_batch,
-                                                                 drop_remainder=True)
-    ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+    # Global batch b holds stream elements [b·G, (b+1)·G); process p reads its contiguous
+    # share, so the global batch is the same whatever the number of processes.
+    chunks = grain.MapDataset.range(len(stream) // global_batch_size).map(
+        LocalChunk(stream, global_batch_size, local_batch, process_index, read_fn))
+    ids = chunks.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=local_batch * prefetch))
     if num_workers > 0:
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
@@ -185,5 +201,5 @@ def eval_dataset(source, *, global_batch_size: int, image_size: int, process_ind
 
 
 def stack_examples(examples: Sequence[dict]) -> dict:
-    """Stacks a list of example dicts into a batch dict (for tests and tools)."""
+    """Stacks a list of example dicts into a batch dict."""
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
