@@ -179,3 +179,18 @@ def split_labels(split: str, *, train_size: int, test_per_class: int, imbalance_
         counts = np.full(7, test_per_class)
     labels = np.repeat(np.arange(7), counts)
     return np.random.default_rng([seed, 99, SPLIT_IDS[split]]).permutation(labels)
+
+
+def example_grid(per_class: int = 8, size: int = 64, seed: int = 0) -> Image.Image:
+    """A picture of `per_class` faces per expression, one row per class (canonical order)."""
+    rows = [np.concatenate([np.asarray(draw_face(c, example_rng(seed, "test", 1000 * c + i),
+                                                 size)) for i in range(per_class)], axis=1)
+            for c in range(7)]
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+if __name__ == "__main__":
+    import sys
+    out = sys.argv[1] if len(sys.argv) > 1 else "docs/synthetic_fer.png"
+    example_grid().save(out)
+    print(f"wrote {out}")
