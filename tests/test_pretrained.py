@@ -25,7 +25,7 @@ def _eval_logits(model, images_nhwc):
 @pytest.mark.parametrize("arch", ["resnet18", "shufflenet_v2"])
 def test_torchvision_weights_give_the_same_logits_as_pytorch(arch):
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import TorchResNet18, TorchShuffleNetV2, randomize_batchnorm
+    from benchmarks.torch_reference import TorchResNet18, TorchShuffleNetV2, randomize_batchnorm
 
     torch.manual_seed(0)
     ref = TorchResNet18() if arch == "resnet18" else TorchShuffleNetV2()
@@ -44,7 +44,7 @@ def test_torchvision_weights_give_the_same_logits_as_pytorch(arch):
 
 def test_pth_file_loads_through_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import TorchResNet18
+    from benchmarks.torch_reference import TorchResNet18
 
     ref = TorchResNet18(width=8)
     path = tmp_path / "face.pth"

@@ -1,0 +1,300 @@
+"""PyTorch reference networks in the torchvision key layout, written for the parity tests.
+
+torchvision itself is not importable beside the CPU torch wheel on these machines, so the
+two architectures are spelled out here with torchvision's module names and semantics.
+"""
+
+import torch
+from torch import nn
+
+
+class TorchBasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + idt)
+
+
+class TorchResNet18(nn.Module):
+    def __init__(self, num_classes=7, width=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        cin = width
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}",
+                    nn.Sequential(TorchBasicBlock(cin, w, stride), TorchBasicBlock(w, w, 1)))
+            cin = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _shuffle(x, groups):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class TorchInvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        main_in = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(main_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return _shuffle(out, 2)
+
+
+class TorchShuffleNetV2(nn.Module):
+    def __init__(self, channels=(116, 232, 464, 1024), num_classes=7, stem=24):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem),
+                                   nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = stem
+        for name, cout, reps in zip(("stage2", "stage3", "stage4"), channels[:3], (4, 8, 4)):
+            units = [TorchInvertedResidual(cin, cout, 2)]
+            units += [TorchInvertedResidual(cout, cout, 1) for _ in range(reps - 1)]
+            setattr(self, name, nn.Sequential(*units))
+            cin = cout
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, channels[3], 1, bias=False),
+                                   nn.BatchNorm2d(channels[3]), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(channels[3], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean([2, 3]))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN affine and running statistics, so the parity test can catch a swap."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+
+
+# ---------------------------------------------------------------------------------------
+# The PyTorch way of the four presets, for the speed comparison (benchmarks/train_step.py):
+# the same architectures, losses and optimizer as ferjax, written as research code would.
+
+import torch.nn.functional as F  # noqa: E402
+
+
+class TorchCBAM(nn.Module):
+    def __init__(self, c, r=16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(c, c // r), nn.ReLU(), nn.Linear(c // r, c))
+        self.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.bn = nn.BatchNorm2d(1, momentum=0.01)
+
+    def forward(self, x):
+        s = self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3)))
+        x = x * torch.sigmoid(s)[:, :, None, None]
+        q = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.bn(self.conv(q)))
+
+
+class TorchCBAMBlock(TorchBasicBlock):
+    def __init__(self, cin, cout, stride):
+        super().__init__(cin, cout, stride)
+        self.cbam = TorchCBAM(cout)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.cbam(self.bn2(self.conv2(out)))
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + idt)
+
+
+class TorchTrunk18(TorchResNet18):
+    """ResNet-18 without pooling/fc: returns the last feature map."""
+
+    def __init__(self, cbam=False, width=64):
+        super().__init__(width=width)
+        if cbam:
+            widths = [width, 2 * width, 4 * width, 8 * width]
+            cin = width
+            for i, w in enumerate(widths):
+                stride = 1 if i == 0 else 2
+                setattr(self, f"layer{i + 1}", nn.Sequential(TorchCBAMBlock(cin, w, stride),
+                                                             TorchCBAMBlock(w, w, 1)))
+                cin = w
+        del self.fc
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class TorchRUL(nn.Module):
+    """RUL on a CBAM ResNet-18 (the official RUL head layout)."""
+
+    def __init__(self, num_classes=7, spatial=7, dim=64):
+        super().__init__()
+        self.trunk = TorchTrunk18(cbam=True)
+
+        def branch():
+            return nn.Sequential(nn.BatchNorm2d(512, eps=2e-5, affine=False), nn.Dropout(0.4),
+                                 nn.Flatten(), nn.Linear(512 * spatial * spatial, dim),
+                                 nn.BatchNorm1d(dim, eps=2e-5))
+
+        self.mu, self.logvar = branch(), branch()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def loss(self, x, y, weights):
+        f = self.trunk(x)
+        mu, u = self.mu(f), self.logvar(f).exp().mean(1)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        lam = u / (u + u[perm])
+        z = self.fc(lam[:, None] * mu + (1 - lam)[:, None] * mu[perm])
+        return 0.5 * F.cross_entropy(z, y, weight=weights) + \
+            0.5 * F.cross_entropy(z, y[perm], weight=weights)
+
+
+class TorchMEK(nn.Module):
+    """ResNet-18 with CAMs of the image and its mirror; RSL + λ·RAC."""
+
+    def __init__(self, num_classes=7):
+        super().__init__()
+        self.trunk = TorchTrunk18()
+        self.fc = nn.Linear(512, num_classes)
+
+    def loss(self, x, y, rsl_table, weights, lam=0.1):
+        n = x.shape[0]
+        f = self.trunk(torch.cat([x, x.flip(3)]))
+        z = self.fc(f[:n].mean((2, 3)))
+        cam = torch.einsum("nchw,kc->nkhw", f, self.fc.weight.detach())
+        rac = ((cam[:n] - cam[n:].flip(3)) ** 2).mean((2, 3)) @ weights
+        rsl = -(rsl_table[y] * F.log_softmax(z, 1)).sum(1).mean()
+        return rsl + lam * rac.mean()
+
+
+def beta_mish(x, beta=1.5):
+    return x * torch.tanh(beta * F.softplus(x))
+
+
+class BetaMish(nn.Module):
+    def forward(self, x):
+        return beta_mish(x)
+
+
+class TorchClipUnit(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        main_in = cin if stride > 1 else half
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 5, stride, 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), BetaMish())
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(main_in, main_in, 5, stride, 2, groups=main_in, bias=False),
+            nn.BatchNorm2d(main_in), nn.Conv2d(main_in, half, 1, bias=False),
+            nn.BatchNorm2d(half), BetaMish())
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, 1)
+            out = torch.cat([x1, self.branch2(x2)], 1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], 1)
+        return _shuffle(out, 2)
+
+
+class TorchSA(nn.Module):
+    def __init__(self, c, groups=8):
+        super().__init__()
+        self.g, h = groups, c // (2 * groups)
+        self.cw, self.cb = nn.Parameter(torch.zeros(1, h, 1, 1)), nn.Parameter(torch.ones(1, h, 1, 1))
+        self.sw, self.sb = nn.Parameter(torch.zeros(1, h, 1, 1)), nn.Parameter(torch.ones(1, h, 1, 1))
+        self.gn = nn.GroupNorm(h, h)
+
+    def forward(self, x):
+        b, c, hh, ww = x.shape
+        x = x.reshape(b * self.g, -1, hh, ww)
+        x0, x1 = x.chunk(2, 1)
+        x0 = x0 * torch.sigmoid(self.cw * x0.mean((2, 3), keepdim=True) + self.cb)
+        x1 = x1 * torch.sigmoid(self.sw * self.gn(x1) + self.sb)
+        return _shuffle(torch.cat([x0, x1], 1).reshape(b, c, hh, ww), 2)
+
+
+class TorchRLRCNet(nn.Module):
+    """Clip_K5 ShuffleNetV2 trunk, two stage-4 branch units, shared conv5, BBN fusion."""
+
+    def __init__(self, num_classes=7, channels=(116, 232, 464, 1024)):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24),
+                                   BetaMish())
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 24
+        for cout, reps in zip(channels[:3], (4, 8, 3)):
+            layers += [TorchClipUnit(cin, cout, 2)] + [TorchClipUnit(cout, cout, 1)
+                                                       for _ in range(reps - 1)]
+            cin = cout
+        self.trunk = nn.Sequential(*layers)
+        self.unit_c, self.unit_r = TorchClipUnit(cin, cin, 1), TorchClipUnit(cin, cin, 1)
+        self.sa = TorchSA(cin)
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, channels[3], 1, bias=False),
+                                   nn.BatchNorm2d(channels[3]), BetaMish())
+        self.fc = nn.Linear(2 * channels[3], num_classes)
+
+    def loss(self, xc, yc, xr, yr, alpha):
+        h = self.trunk(self.maxpool(self.conv1(torch.cat([xc, xr]))))
+        hc, hr = h.chunk(2)
+        fc = self.conv5(self.sa(self.unit_c(hc))).mean((2, 3))
+        fr = self.conv5(self.unit_r(hr)).mean((2, 3))
+        z = self.fc(2 * torch.cat([alpha * fc, (1 - alpha) * fr], 1))
+        return alpha * F.cross_entropy(z, yc) + (1 - alpha) * F.cross_entropy(z, yr)
+
+
+class TorchBaseline(nn.Module):
+    def __init__(self, num_classes=7):
+        super().__init__()
+        self.net = TorchResNet18(num_classes)
+
+    def loss(self, x, y):
+        return F.cross_entropy(self.net(x), y)

@@ -1,0 +1,152 @@
+"""Train-step throughput of each preset, ferjax against the same step written in PyTorch.
+
+    python -m benchmarks.train_step                       # all presets, 224 px, batch 16
+    python -m benchmarks.train_step --presets mek --batch 64 --dtype bfloat16
+
+Both sides run the same architecture, loss, optimizer and batch size on the same machine in
+one invocation. ferjax's step includes its on-device augmentation (the PyTorch step gets
+ready tensors, as from a DataLoader), so the comparison does not favour ferjax. On CUDA the
+PyTorch step uses AMP (bf16 autocast) and channels_last. Results are appended to
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks.common import append_result, machine_summary
+
+PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
+
+
+def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int,
+                     warmup: int) -> float:
+    import importlib.util
+    import pathlib
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ferjax import train
+
+    spec = importlib.util.spec_from_file_location(
+        "rafdb_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "rafdb.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(preset)
+    config.data.image_size = image
+    config.train.batch_size = batch
+    config.model.dtype = dtype
+    recipe = train.make_recipe(config)
+    mesh = train.make_mesh()
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 255, (batch, image, image, 3), dtype=np.uint8),
+            "label": rng.integers(0, 7, batch).astype(np.int32)}
+    if recipe.needs_second_stream:
+        host["image_rev"] = host["image"][::-1].copy()
+        host["label_rev"] = host["label"][::-1].copy()
+    with jax.set_mesh(mesh):
+        model, optimizer = train.make_model_and_optimizer(config, 7, 100, 10_000)
+        train.replicate(model, mesh)
+        train.replicate(optimizer, mesh)
+        step_fn = train.make_train_step(recipe)
+        gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
+        key, weights = jax.random.key(0), jnp.ones(7)
+        for i in range(warmup):
+            jax.block_until_ready(step_fn(model, optimizer, gbatch, jnp.int32(i), key,
+                                          jnp.float32(0.5), weights, weights))
+        start = time.perf_counter()
+        for i in range(steps):
+            out = step_fn(model, optimizer, gbatch, jnp.int32(i), key, jnp.float32(0.5),
+                          weights, weights)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - start) / steps
+
+
+def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int) -> float:
+    import torch
+
+    from benchmarks import torch_reference as R
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = {"baseline": R.TorchBaseline, "rul_cbam": lambda: R.TorchRUL(spatial=image // 32),
+             "mek": R.TorchMEK, "rlrcnet": R.TorchRLRCNet}[preset]().to(device)
+    if preset == "rlrcnet":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-4)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, image, image, device=device)
+    if device == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (batch,), device=device)
+    weights = torch.ones(7, device=device)
+    table = torch.full((7, 7), 0.05, device=device) + 0.65 * torch.eye(7, device=device)
+
+    def loss():
+        if preset == "baseline":
+            return model.loss(x, y)
+        if preset == "rul_cbam":
+            return model.loss(x, y, weights)
+        if preset == "mek":
+            return model.loss(x, y, table, weights)
+        return model.loss(x, y, x.flip(0), y.flip(0), 0.5)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            value = loss()
+        value.backward()
+        opt.step()
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--image", type=int, default=224)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no_torch", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for preset in args.presets.split(","):
+        t_jax = ferjax_step_time(preset, args.batch, args.image, args.dtype, args.steps,
+                                 args.warmup)
+        t_torch = None if args.no_torch else torch_step_time(preset, args.batch, args.image,
+                                                             args.steps, args.warmup)
+        row = (f"| {preset} | {args.batch} | {args.image} | {args.dtype} | "
+               f"{args.batch / t_jax:.1f} | "
+               + (f"{args.batch / t_torch:.1f} | {t_torch / t_jax:.2f} |" if t_torch else
+                  "— | — |"))
+        print(row, flush=True)
+        rows.append(row)
+    header = ("| preset | batch | px | ferjax dtype | ferjax img/s | PyTorch img/s | "
+              "ferjax/PyTorch |\n|---|---|---|---|---|---|---|")
+    append_result("Train step", machine_summary(), header, rows,
+                  f"`python -m benchmarks.train_step --presets {args.presets} --batch "
+                  f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
+                  f"{args.steps}`; mean over {args.steps} steps after {args.warmup} warm-up "
+                  "steps; PyTorch fp32 eager on CPU, AMP bf16 + channels_last on CUDA.")
+
+
+if __name__ == "__main__":
+    main()
