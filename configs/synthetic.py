@@ -1,11 +1,13 @@
 """Quick start: the embedded synthetic_fer dataset (nothing to download).
 
-    python -m ferjax.main --config configs/synthetic.py --workdir workdir/synthetic
-    python -m ferjax.main --config configs/synthetic.py:mek --workdir workdir/synthetic_mek
+    python -m ferjax.main --config configs/synthetic.py --workdir runs/synthetic
+    python -m ferjax.main --config configs/synthetic.py:mek --workdir runs/synthetic_mek
 
-Builds synthetic_fer on first use (about 25 s), then trains a narrow ResNet-18 at 64 px;
-the whole run fits in about 5 minutes on 2 CPU cores. Presets: baseline (default),
-rul_cbam, mek, rlrcnet. 'smoke' shrinks everything to a few steps (tests).
+Builds synthetic_fer on first use (about 25 s), then trains a narrow ResNet-18 (width 16)
+at 64 px for 16 epochs, evaluating on the long-tailed test split after each: about 4
+minutes on 2 CPU cores for the default baseline preset (measured; README has the numbers).
+Presets: baseline (default), rul_cbam, mek, rlrcnet. 'smoke' shrinks everything to a few
+steps (tests).
 """
 
 from ferjax.presets import apply_method, base_config, parse_arg
@@ -31,9 +33,13 @@ def get_config(arg=None):
     else:
         c.optim.lr = 2e-3
         c.optim.schedule = "cosine"
+    if c.method == "mek":
+        # From scratch, RAC at λ = 0.1 on this 2x2 map drove features to flip-symmetric
+        # constants and the model to the majority class (measured: 14 % mean class accuracy
+        # after 4 epochs); λ = 0.01 trains (see README).
+        c.loss.terms.rac = 0.01
     c.model.width_mult = 0.5  # ShuffleNet-based presets use the 0.5x trunk here
     if c.model.name == "rlrcnet":
-        c.train.epochs = 16
         c.model.sa_groups = 2   # 2G must divide the 0.5x stage-4 width (192)
     if args.get("smoke"):
         c.data.config = "tiny"

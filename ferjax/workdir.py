@@ -21,7 +21,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def class_names(workdir: str) -> list[str]:
-    with open(os.path.join(workdir, "classes.json")) as f:
+    path = os.path.join(workdir, "classes.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: the workdir has no record of its classes "
+                                "(written when training starts)")
+    with open(path) as f:
         return json.load(f)
 
 
