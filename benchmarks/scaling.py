@@ -29,8 +29,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import jax
-    if jax.default_backend() == "cpu":
-        jax.config.update("jax_num_cpu_devices", 8)
+    # Only the CPU backend reads this; it must be set before JAX touches any backend.
+    jax.config.update("jax_num_cpu_devices", 8)
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 

@@ -30,6 +30,42 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int =
                     use_bias=bias, kernel_init=conv_init, dtype=dtype, rngs=rngs)
 
 
+class DepthwiseConv(nnx.Module):
+    """Depthwise k x k convolution (torch `groups=C`, no bias), kernel (k, k, 1, C).
+
+    On CPU it runs as a sum of k² shifted multiplies, which XLA fuses into one loop: 40x
+    faster forward and 4x faster forward+backward than XLA:CPU's grouped convolution
+    (measured at ShuffleNet sizes, benchmarks/RESULTS.md) and exactly equal. Other backends
+    use the native grouped convolution. The parameter layout is nnx.Conv's either way.
+    """
+
+    def __init__(self, channels: int, kernel: int, *, stride: int = 1, dtype: Dtype = None,
+                 rngs: nnx.Rngs):
+        self.kernel = nnx.Param(conv_init(rngs.params(), (kernel, kernel, 1, channels)))
+        self.stride = stride
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        w = self.kernel[...]
+        if self.dtype is not None:
+            x, w = x.astype(self.dtype), w.astype(self.dtype)
+        k, s = w.shape[0], self.stride
+        pad = k // 2
+        if jax.default_backend() != "cpu":
+            return jax.lax.conv_general_dilated(
+                x, w, (s, s), ((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+        _, h, wd, _ = x.shape
+        h_out, w_out = (h + 2 * pad - k) // s + 1, (wd + 2 * pad - k) // s + 1
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        out = jnp.zeros((x.shape[0], h_out, w_out, x.shape[-1]), x.dtype)
+        for i in range(k):
+            for j in range(k):
+                tap = xp[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
+                out = out + tap * w[i, j, 0]
+        return out
+
+
 def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
                affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm; Flax `momentum=0.9` equals torch's default `momentum=0.1`."""

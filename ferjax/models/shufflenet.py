@@ -61,7 +61,7 @@ class ShuffleUnit(nnx.Module):
             return layers.batch_norm(c, dtype=dt, rngs=rngs)
 
         def dw(c):
-            return layers.conv(c, c, k, stride=stride, groups=c, dtype=dt, rngs=rngs)
+            return layers.DepthwiseConv(c, k, stride=stride, dtype=dt, rngs=rngs)
 
         def pw(cin, cout):
             return layers.conv(cin, cout, 1, dtype=dt, rngs=rngs)
