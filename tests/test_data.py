@@ -48,9 +48,14 @@ def test_rafdb_builds_exact_official_counts(tmp_path, rafdb_label_file):
     (manual / "Image" / "aligned").mkdir(parents=True)
     for name in names:
         tiny.save(manual / "Image" / "aligned" / f"{name[:-4]}_aligned.jpg")
+    # An image the label file names but the folder lacks is skipped, counted and named.
+    (manual / "Image" / "aligned" / "test_0001_aligned.jpg").unlink()  # label 5: Sadness
     builder = build("rafdb", tmp_path / "raf", tmp_path / "data")
     assert labels_of(builder, "train").tolist() == [1290, 281, 717, 4772, 1982, 705, 2524]
-    assert labels_of(builder, "test").tolist() == [329, 74, 160, 1185, 478, 162, 680]
+    assert labels_of(builder, "test").tolist() == [329, 74, 160, 1185, 477, 162, 680]
+    assert len(builder.skipped["test"]) == 1
+    assert "image not found" in builder.skipped["test"][0]
+    assert "test_0001_aligned.jpg" in builder.skipped["test"][0]
     meta = builder.info.metadata
     assert meta["source_to_canonical"]["Happiness"] == "happiness"
     ids = {builder.as_data_source("test")[i]["id"] for i in range(5)}
