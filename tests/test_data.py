@@ -1,7 +1,6 @@
 """Builders from tiny fake copies of each real layout, the synthetic set, and the grain pipeline."""
 
 import csv
-import pathlib
 import shutil
 
 import numpy as np

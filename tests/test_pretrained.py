@@ -1,6 +1,5 @@
 """Weight import from torchvision-layout state dicts: parity with PyTorch, reports, formats."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

@@ -1,7 +1,6 @@
 """Configs, the command-line entry points, evaluate and predict on a trained tiny workdir."""
 
 import importlib.util
-import json
 import os
 import pathlib
 import subprocess
