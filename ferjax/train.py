@@ -31,7 +31,7 @@ from ferjax.checkpoint import Checkpointer
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
 from ferjax.losses import class_weights as class_weights_fn
-from ferjax.losses import cumulative_alpha
+from ferjax.losses import cumulative_alpha, rebalancing_weights
 from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
 from ferjax.models import apply_pretrained, build_model, count_params
 from ferjax.optim import current_lr, make_optimizer
@@ -269,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     weights = np.zeros(num_classes, np.float32)
     weights[present] = class_weights_fn(counts[present], config.loss.class_weight)
     rebalance = np.zeros(num_classes, np.float32)
-    rebalance[present] = counts.sum() / (10.0 * counts[present])
+    rebalance[present] = rebalancing_weights(counts[present])
 
     with jax.set_mesh(mesh):
         model, optimizer = make_model_and_optimizer(config, num_classes, steps_per_epoch,
@@ -278,7 +278,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         replicate(optimizer, mesh)
     train_iter = iter(train_data.dataset)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    start_step = ckpt.restore(model, optimizer, train_iter) or 0
+    try:
+        start_step = ckpt.restore(model, optimizer, train_iter) or 0
+    except Exception:
+        _close(ckpt, train_iter)
+        raise
     if is_writer:
         _write_config(config, workdir)
         with open(os.path.join(workdir, "classes.json"), "w") as f:
@@ -388,19 +392,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log.warning("stopped at step %d after SIGTERM; rerun the same command to "
                                 "resume", step)
                     break
+            result = _final_summary(config, workdir, history, last_cm,
+                                    eval_split.class_names, step, total_steps,
+                                    preemption.requested, nonfinite_steps)
+            writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:
                 bar.close()
-            writer.flush()
+            writer.close()
+            _close(ckpt, train_iter)
+    return result
 
-    result = _final_summary(config, workdir, history, last_cm, eval_split.class_names, step,
-                            total_steps, preemption.requested, nonfinite_steps)
-    writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
-    writer.close()
+
+def _close(ckpt: Checkpointer, train_iter) -> None:
+    """Releases checkpoint threads and grain worker processes (also on errors)."""
     ckpt.close()
     if hasattr(train_iter, "close"):
         train_iter.close()
-    return result
 
 
 def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
