@@ -73,7 +73,10 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
     width, height = left + k * cell + 10, top + k * cell + 40
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        font = ImageFont.load_default()
     if title:
         d.text((10, 8), title, fill="black", font=font)
     d.text((left, top - 30), "predicted ->", fill="black", font=font)
