@@ -25,6 +25,8 @@ def get_config(arg=None):
         # Class weights on top of a balanced sampler would re-balance twice (spec §2.6).
         c.loss.class_weight = "none"
     c.train.batch_size = 64
+    if c.optim.name == "sgd":
+        c.optim.lr = 0.05 * 64 / 128  # linear scaling from the preset's batch 128
     c.train.epochs = 10                      # ~4,400 steps per epoch at batch 64
     c.train.eval_every_steps = 2000
     c.data.num_workers = 8

@@ -23,5 +23,7 @@ def get_config(arg=None):
     c.data.image_size = 224
     apply_method(c, args["method"])
     c.train.batch_size = 32
+    if c.optim.name == "sgd":
+        c.optim.lr = 0.05 * 32 / 128  # linear scaling from the preset's batch 128
     c.train.epochs = 50
     return c

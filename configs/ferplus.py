@@ -19,6 +19,8 @@ def get_config(arg=None):
     c.data.image_size = 224
     apply_method(c, args["method"])
     c.train.batch_size = 64
+    if c.optim.name == "sgd":
+        c.optim.lr = 0.05 * 64 / 128  # linear scaling from the preset's batch 128
     if c.model.name == "resnet18":
         c.model.pretrained_strict = False
         c.model.pretrained_exclude = (r"^fc\.",)

@@ -154,7 +154,8 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
         c.data.second_sampler = "reversed"
         c.augment.ops = ("crop_pad", "flip", "affine", "normalize", "random_mask")
         c.optim.name = "sgd"
-        c.optim.lr = 0.05 * c.train.batch_size / 128
+        c.train.batch_size = 128
+        c.optim.lr = 0.05            # for batch 128; scale linearly with the batch size
         c.optim.weight_decay = 5e-4
         c.optim.decay_all = False
         c.optim.schedule = "cosine"
