@@ -21,11 +21,11 @@ def get_config(arg=None):
     c.data.image_size = 64
     c.data.eval_split = "test_longtail"  # long-tailed like RAF-DB's test; 'test' is balanced
     c.model.width = 16
-    c.train.epochs = 16
     c.train.log_every_steps = 10
     c.eval.batch_size = 256
     apply_method(c, args["method"])
-    c.train.batch_size = 64
+    c.train.batch_size = 64   # after the preset, which may set its own length and batch
+    c.train.epochs = 16
     # From-scratch training on 4,000 images: a faster schedule than the papers' fine-tuning.
     if c.optim.name == "sgd":
         c.optim.lr = 0.1
