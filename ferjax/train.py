@@ -290,6 +290,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
         else metrics_lib.NullWriter()
     history = _load_eval_history(workdir) if start_step else []
+    if start_step >= total_steps:
+        log.warning("the checkpoint in %s is at step %d, at or past this config's %d steps: "
+                    "nothing left to train (raise train.epochs / train.num_steps to go on)",
+                    workdir, start_step, total_steps)
     log.info("%s: %d train / %d eval examples, %d classes; model %s (%s parameters); "
              "%d devices; %d steps (%d per epoch)%s", config.data.name, len(train_split),
              len(eval_split), num_classes, config.model.name, f"{count_params(model):,}",
