@@ -11,7 +11,6 @@ compile time it needed. Results are appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import tempfile
@@ -36,11 +35,8 @@ def main(argv=None) -> None:
     flags.FLAGS.mark_as_parsed()
     from ferjax import train
 
-    spec = importlib.util.spec_from_file_location("synthetic_config",
-                                                  ROOT / "configs" / "synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(args.preset)
+    from ferjax.presets import load_config_file
+    config = load_config_file(ROOT / "configs" / "synthetic.py", args.preset)
     config.data.config = "rafdb_size"
     config.data.image_size = args.image
     config.data.num_workers = args.workers

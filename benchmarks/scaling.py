@@ -11,7 +11,6 @@ TPU host it uses the real devices. Results are appended to benchmarks/RESULTS.md
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import time
 
@@ -37,11 +36,9 @@ def main(argv=None) -> None:
     from benchmarks.common import append_result, machine_summary
     from ferjax import train
     from ferjax.checkpoint import model_state
+    from ferjax.presets import load_config_file
 
-    spec = importlib.util.spec_from_file_location("c", ROOT / "configs" / "synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(args.preset)
+    config = load_config_file(ROOT / "configs" / "synthetic.py", args.preset)
     config.data.image_size = args.image
     config.optim.name, config.optim.momentum = "sgd", 0.0  # keeps float noise unamplified
     recipe = train.make_recipe(config)
@@ -54,13 +51,9 @@ def main(argv=None) -> None:
     for n in (1, 2, 4, 8):
         if n > jax.device_count() or args.batch % n:
             continue
-        devices = jax.devices()[:n]
-        mesh = jax.make_mesh((n,), ("data",), devices=devices,
-                             axis_types=(jax.sharding.AxisType.Auto,))
+        mesh = train.make_mesh(jax.devices()[:n])
+        model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 1000)
         with jax.set_mesh(mesh):
-            model, optimizer = train.make_model_and_optimizer(config, 7, 100, 1000)
-            train.replicate(model, mesh)
-            train.replicate(optimizer, mesh)
             step = train.make_train_step(recipe)
             batch = train.to_global(host, NamedSharding(mesh, P("data")))
             extra = (jnp.float32(0.5), jnp.ones(7), jnp.ones(7))

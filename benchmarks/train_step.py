@@ -24,7 +24,6 @@ PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
 def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int,
                      warmup: int) -> float:
-    import importlib.util
     import pathlib
 
     import jax
@@ -32,12 +31,10 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ferjax import train
+    from ferjax.presets import load_config_file
 
-    spec = importlib.util.spec_from_file_location(
-        "rafdb_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "rafdb.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
+    config = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" /
+                              "rafdb.py", preset)
     config.data.image_size = image
     config.train.batch_size = batch
     config.model.dtype = dtype
@@ -49,10 +46,8 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
     if recipe.needs_second_stream:
         host["image_rev"] = host["image"][::-1].copy()
         host["label_rev"] = host["label"][::-1].copy()
+    model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 10_000)
     with jax.set_mesh(mesh):
-        model, optimizer = train.make_model_and_optimizer(config, 7, 100, 10_000)
-        train.replicate(model, mesh)
-        train.replicate(optimizer, mesh)
         step_fn = train.make_train_step(recipe)
         gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
         key, weights = jax.random.key(0), jnp.ones(7)

@@ -164,6 +164,16 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
     return c
 
 
+def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (what `--config path:arg` does), for scripts/tests."""
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def parse_arg(arg: str | None, **defaults) -> dict:
     """'mek,smoke' or 'method=mek,classes=8' -> dict; bare words are flags (True),
     except a bare method name, which sets 'method'."""

@@ -45,10 +45,11 @@ class NonFiniteLossError(RuntimeError):
 
 # ----------------------------------------------------------------------------- mesh
 
-def make_mesh() -> jax.sharding.Mesh:
-    """1-D 'data' mesh over every device of every process (Auto axes: XLA inserts the
-    collectives the RUL batch permutation needs)."""
-    return jax.make_mesh((jax.device_count(),), ("data",),
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """1-D 'data' mesh over `devices` (default: every device of every process). Auto axes:
+    XLA inserts the collectives the RUL batch permutation needs."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), ("data",), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -104,6 +105,17 @@ def replicate(tree_owner, mesh) -> None:
     """Places every array of a module / optimizer replicated on the mesh, in place."""
     state = nnx.state(tree_owner)
     nnx.update(tree_owner, jax.device_put(state, NamedSharding(mesh, P())))
+
+
+def replicated_model_and_optimizer(config, mesh, num_classes: int, steps_per_epoch: int,
+                                   total_steps: int):
+    """`make_model_and_optimizer` built under `mesh` with all state replicated on it."""
+    with jax.set_mesh(mesh):
+        model, optimizer = make_model_and_optimizer(config, num_classes, steps_per_epoch,
+                                                    total_steps)
+        replicate(model, mesh)
+        replicate(optimizer, mesh)
+    return model, optimizer
 
 
 # ----------------------------------------------------------------------------- steps
@@ -271,11 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rebalance = np.zeros(num_classes, np.float32)
     rebalance[present] = rebalancing_weights(counts[present])
 
-    with jax.set_mesh(mesh):
-        model, optimizer = make_model_and_optimizer(config, num_classes, steps_per_epoch,
-                                                    total_steps)
-        replicate(model, mesh)
-        replicate(optimizer, mesh)
+    model, optimizer = replicated_model_and_optimizer(config, mesh, num_classes,
+                                                      steps_per_epoch, total_steps)
     train_iter = iter(train_data.dataset)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:

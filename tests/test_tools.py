@@ -1,6 +1,5 @@
 """Configs, the command-line entry points, evaluate and predict on a trained tiny workdir."""
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -11,17 +10,14 @@ import pytest
 from PIL import Image
 
 from ferjax import evaluate, predict, train
-from ferjax.presets import METHODS
+from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
 
 
 def load(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(ROOT / "configs" / name, arg)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -1,6 +1,5 @@
 """The loop end to end on the tiny synthetic config, resume, and sharded vs single device."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,16 +13,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ferjax import train
 from ferjax.checkpoint import Checkpointer, model_state
+from ferjax.presets import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg, data_dir):
-    spec = importlib.util.spec_from_file_location("synthetic_config", ROOT / "configs" /
-                                                  "synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
+    config = load_config_file(ROOT / "configs" / "synthetic.py", arg)
     config.data.data_dir = str(data_dir)
     return config
 
@@ -83,12 +79,9 @@ def test_sharded_step_matches_single_device(data_dir):
              "label": rng.integers(0, 7, 8).astype(np.int32)}
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:4]):
-        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                             axis_types=(jax.sharding.AxisType.Auto,))
+        mesh = train.make_mesh(devices)
+        model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
         with jax.set_mesh(mesh):
-            model, optimizer = train.make_model_and_optimizer(config, 7, 8, 6)
-            train.replicate(model, mesh)
-            train.replicate(optimizer, mesh)
             step = train.make_train_step(recipe)
             gbatch = train.to_global(batch, NamedSharding(mesh, P("data")))
             metrics = step(model, optimizer, gbatch, jnp.int32(0), jax.random.key(0),
