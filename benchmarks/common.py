@@ -7,14 +7,29 @@ import os
 import pathlib
 import platform
 
+import ferjax  # noqa: F401  (sets ferjax's XLA:CPU flags before any benchmark starts JAX)
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's machine type."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_summary() -> str:
     import jax
-    parts = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+    parts = [f"{cpu_model()}, {os.cpu_count()} CPU cores",
              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}",
              f"python {platform.python_version()}", f"jax {jax.__version__}"]
+    if os.environ.get("XLA_FLAGS"):
+        parts.append(f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'")
     try:
         import flax
         parts.append(f"flax {flax.__version__}")

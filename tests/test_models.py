@@ -9,7 +9,7 @@ from flax import nnx
 
 from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
-from ferjax.models.layers import channel_shuffle
+from ferjax.models.layers import channel_shuffle, max_pool_3x3_s2
 
 TINY_RESNET = dict(width=8)
 TINY_SHUFFLE = dict(channels=(16, 32, 64, 128), stem_width=8, sa_groups=2)
@@ -167,3 +167,23 @@ def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="cbam_placement"):
         build_model(ml_collections.ConfigDict(dict(name="resnet18", cbam_placement="x")),
                     num_classes=7, image_size=32, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("size", [7, 8, 16])
+def test_cpu_max_pool_matches_the_native_pool_and_routes_ties_like_torch(size):
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+    g = jax.random.normal(jax.random.key(1), (2, (size - 1) // 2 + 1, (size - 1) // 2 + 1, 3))
+
+    def native(v):
+        return nnx.max_pool(v, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    y, vjp = jax.vjp(max_pool_3x3_s2, x)
+    y_ref, vjp_ref = jax.vjp(native, x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
+    # A constant map: every window ties; each window's gradient goes to its first
+    # non-padding position (windows start at -1, 1 with padding 1, stride 2).
+    ones = jnp.ones((1, 4, 4, 1))
+    grad = jax.grad(lambda v: jnp.sum(max_pool_3x3_s2(v)))(ones)
+    np.testing.assert_array_equal(grad[0, :, :, 0], [[1, 1, 0, 0], [1, 1, 0, 0],
+                                                      [0, 0, 0, 0], [0, 0, 0, 0]])

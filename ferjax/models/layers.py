@@ -74,8 +74,54 @@ def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
-    """torch `MaxPool2d(3, stride=2, padding=1)`: padding never wins the max."""
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    """torch `MaxPool2d(3, stride=2, padding=1)`: padding never wins the max.
+
+    On CPU it runs as the max of 9 strided views with a hand-written backward: XLA:CPU
+    lowers the native pool's gradient (select-and-scatter) through index tensors, 4x slower
+    at ResNet's 112 px stem (207 -> 48 ms forward+backward, benchmarks/RESULTS.md). Same
+    values and, like torch, the gradient goes to the first maximum of each window.
+    """
+    if jax.default_backend() != "cpu":
+        return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return _strided_max_pool(x)
+
+
+def _pool_taps(padded: Array, h_out: int, w_out: int) -> list[Array]:
+    """The 9 stride-2 views of a padded map, in window order (row-major)."""
+    return [padded[:, i:i + 2 * h_out - 1:2, j:j + 2 * w_out - 1:2, :]
+            for i in range(3) for j in range(3)]
+
+
+def _strided_max_pool_fwd(x: Array):
+    h_out, w_out = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    taps = _pool_taps(padded, h_out, w_out)
+    out = taps[0]
+    for tap in taps[1:]:
+        out = jnp.maximum(out, tap)
+    return out, (padded, out)
+
+
+def _strided_max_pool_bwd(residuals, g: Array):
+    padded, out = residuals
+    h_out, w_out = out.shape[1:3]
+    taken = jnp.zeros(out.shape, bool)
+    grad = jnp.zeros(padded.shape, g.dtype)
+    zero = jnp.zeros((), g.dtype)
+    for index, tap in enumerate(_pool_taps(padded, h_out, w_out)):
+        i, j = divmod(index, 3)
+        first = (tap == out) & ~taken       # the first maximum of a window takes it all
+        taken = taken | first
+        # Scatter back to the strided positions: interior padding of stride - 1.
+        high_h = padded.shape[1] - (i + 2 * h_out - 1)
+        high_w = padded.shape[2] - (j + 2 * w_out - 1)
+        grad = grad + jax.lax.pad(jnp.where(first, g, zero), zero,
+                                  ((0, 0, 0), (i, high_h, 1), (j, high_w, 1), (0, 0, 0)))
+    return (grad[:, 1:-1, 1:-1, :],)
+
+
+_strided_max_pool = jax.custom_vjp(lambda x: _strided_max_pool_fwd(x)[0])
+_strided_max_pool.defvjp(_strided_max_pool_fwd, _strided_max_pool_bwd)
 
 
 def global_avg_pool(x: Array) -> Array:
