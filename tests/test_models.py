@@ -9,7 +9,8 @@ from flax import nnx
 
 from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
-from ferjax.models.layers import channel_shuffle, max_pool_3x3_s2
+from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, channel_shuffle,
+                                  max_pool_3x3_s2)
 
 TINY_RESNET = dict(width=8)
 TINY_SHUFFLE = dict(channels=(16, 32, 64, 128), stem_width=8, sa_groups=2)
@@ -187,3 +188,25 @@ def test_cpu_max_pool_matches_the_native_pool_and_routes_ties_like_torch(size):
     grad = jax.grad(lambda v: jnp.sum(max_pool_3x3_s2(v)))(ones)
     np.testing.assert_array_equal(grad[0, :, :, 0], [[1, 1, 0, 0], [1, 1, 0, 0],
                                                       [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 8), (5, 1, 7), (5, 2, 8), (3, 2, 9)])
+def test_cpu_depthwise_conv_matches_the_grouped_convolution_with_gradients(kernel, stride,
+                                                                           size):
+    conv = DepthwiseConv(6, kernel, stride=stride, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 6))
+    w = conv.kernel[...]
+
+    def native(x, w):
+        pad = kernel // 2
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=6)
+
+    np.testing.assert_allclose(conv(x), native(x, w), atol=1e-5)   # the layer's CPU path
+    y, vjp = jax.vjp(lambda x, w: _depthwise_shifted(x, w, stride), x, w)
+    y_ref, vjp_ref = jax.vjp(native, x, w)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -55,15 +55,73 @@ class DepthwiseConv(nnx.Module):
             return jax.lax.conv_general_dilated(
                 x, w, (s, s), ((pad, pad), (pad, pad)),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
-        _, h, wd, _ = x.shape
-        h_out, w_out = (h + 2 * pad - k) // s + 1, (wd + 2 * pad - k) // s + 1
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        out = jnp.zeros((x.shape[0], h_out, w_out, x.shape[-1]), x.dtype)
-        for i in range(k):
-            for j in range(k):
-                tap = xp[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
-                out = out + tap * w[i, j, 0]
-        return out
+        return _depthwise_shifted(x, w, s)
+
+
+def _depthwise_taps(padded: Array, k: int, stride: int, h_out: int, w_out: int):
+    """(i, j, view): the k² strided views of a padded map that tap (i, j) multiplies."""
+    for i in range(k):
+        for j in range(k):
+            yield i, j, padded[:, i:i + stride * (h_out - 1) + 1:stride,
+                               j:j + stride * (w_out - 1) + 1:stride, :]
+
+
+def _depthwise_out_size(size: int, k: int, stride: int) -> int:
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shifted(x: Array, w: Array, stride: int) -> Array:
+    """Depthwise convolution (padding k//2) as a sum of k² shifted multiplies.
+
+    The backward is written by hand: autodiff of the slices would scatter k² zero-padded
+    copies of the gradient (3/4 of rlrcnet's CPU step, profile in RESULTS.md); instead the
+    input gradient is the same shifted sum over the (dilated) output gradient with the
+    kernel flipped, and the kernel gradient k² reductions in one variadic reduce.
+    """
+    return _depthwise_shifted_fwd(x, w, stride)[0]
+
+
+def _depthwise_shifted_fwd(x, w, stride):
+    k, pad = w.shape[0], w.shape[0] // 2
+    h_out = _depthwise_out_size(x.shape[1], k, stride)
+    w_out = _depthwise_out_size(x.shape[2], k, stride)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for i, j, view in _depthwise_taps(padded, k, stride, h_out, w_out):
+        term = view * w[i, j, 0]
+        out = term if out is None else out + term
+    return out, (padded, w)
+
+
+def _depthwise_shifted_bwd(stride, residuals, g):
+    padded, w = residuals
+    k, pad = w.shape[0], w.shape[0] // 2
+    h_in, w_in = padded.shape[1] - 2 * pad, padded.shape[2] - 2 * pad
+    h_out, w_out = g.shape[1:3]
+    # Input gradient: dilate g by the stride, pad to h_in + k - 1, correlate with the
+    # flipped kernel (stride 1).
+    low = k - 1 - pad
+    high_h = h_in + k - 1 - low - (stride * (h_out - 1) + 1)
+    high_w = w_in + k - 1 - low - (stride * (w_out - 1) + 1)
+    zero = jnp.zeros((), g.dtype)
+    g_padded = jax.lax.pad(g, zero, ((0, 0, 0), (low, high_h, stride - 1),
+                                     (low, high_w, stride - 1), (0, 0, 0)))
+    dx = None
+    for i, j, view in _depthwise_taps(g_padded, k, 1, h_in, w_in):
+        term = view * w[k - 1 - i, k - 1 - j, 0]
+        dx = term if dx is None else dx + term
+    # Kernel gradient: one pass computing all k² sums over (N, H, W).
+    acc = jnp.promote_types(g.dtype, jnp.float32)  # accumulate bf16 products in fp32
+    products = [(view * g).astype(acc)
+                for _, _, view in _depthwise_taps(padded, k, stride, h_out, w_out)]
+    sums = jax.lax.reduce(products, [jnp.zeros((), acc)] * len(products),
+                          lambda acc, new: [a + b for a, b in zip(acc, new)], (0, 1, 2))
+    dw = jnp.stack(sums).reshape(w.shape).astype(w.dtype)
+    return dx.astype(padded.dtype), dw
+
+
+_depthwise_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
