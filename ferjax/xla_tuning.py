@@ -8,13 +8,19 @@ gradient 100 -> 29 ms); removing that one fusion type took the ResNet-18 step fr
 aborts the process, so other versions are left alone.
 
 Set FERJAX_XLA_TUNING=0 to turn this off. Flags already in XLA_FLAGS are never overridden.
-It only has an effect when ferjax is imported before JAX creates its CPU backend.
+Machines with a GPU or TPU plugin installed are left alone too (their XLA builds parse
+XLA_FLAGS as well, and the CPU's speed does not matter there). It only has an effect when
+ferjax is imported before JAX creates its CPU backend.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+
+# Distributions that bring an accelerator backend (and their own XLA flag parser).
+ACCELERATOR_PLUGINS = ("libtpu", "libtpu-nightly", "jax-cuda12-plugin", "jax-cuda13-plugin",
+                       "jax-rocm60-plugin", "jax-rocm7-plugin")
 
 # jaxlib "major.minor" -> (flag name, value) pairs verified on that version.
 CPU_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -36,8 +42,18 @@ def apply(environ=os.environ) -> list[str]:
         version = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
         return []
+    if any(_installed(name) for name in ACCELERATOR_PLUGINS):
+        return []
     current = environ.get("XLA_FLAGS", "")
     added = [f"{name}={value}" for name, value in flags_for(version) if name not in current]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False

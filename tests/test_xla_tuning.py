@@ -11,8 +11,17 @@ def test_only_tested_versions_get_flags():
     assert xla_tuning.flags_for("0.99.0") == ()
 
 
+def _only_jaxlib(version):
+    """importlib.metadata.version as on a CPU-only machine with this jaxlib."""
+    def fake(name):
+        if name == "jaxlib":
+            return version
+        raise importlib.metadata.PackageNotFoundError(name)
+    return fake
+
+
 def test_flags_are_appended_once_and_never_override(monkeypatch):
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.10.2")
+    monkeypatch.setattr(importlib.metadata, "version", _only_jaxlib("0.10.2"))
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     added = xla_tuning.apply(env)
     assert added and env["XLA_FLAGS"].startswith("--xla_force_host_platform_device_count=4 ")
@@ -27,6 +36,9 @@ def test_flags_are_appended_once_and_never_override(monkeypatch):
 def test_opt_out_and_untested_versions_leave_the_environment_alone(monkeypatch):
     env = {"FERJAX_XLA_TUNING": "0"}
     assert xla_tuning.apply(env) == [] and "XLA_FLAGS" not in env
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.99.0")
+    monkeypatch.setattr(importlib.metadata, "version", _only_jaxlib("0.99.0"))
     env = {}
+    assert xla_tuning.apply(env) == [] and env == {}
+    # A GPU/TPU plugin next to a tested jaxlib: left alone as well.
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.10.2")
     assert xla_tuning.apply(env) == [] and env == {}
