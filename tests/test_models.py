@@ -10,7 +10,8 @@ from flax import nnx
 from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
 from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, channel_shuffle,
-                                  max_pool_3x3_s2)
+                                  conv_general_dilated, max_pool_3x3_s2)
+from ferjax.models.layers import conv as conv_layer
 
 TINY_RESNET = dict(width=8)
 TINY_SHUFFLE = dict(channels=(16, 32, 64, 128), stem_width=8, sa_groups=2)
@@ -205,6 +206,30 @@ def test_cpu_depthwise_conv_matches_the_grouped_convolution_with_gradients(kerne
 
     np.testing.assert_allclose(conv(x), native(x, w), atol=1e-5)   # the layer's CPU path
     y, vjp = jax.vjp(lambda x, w: _depthwise_shifted(x, w, stride), x, w)
+    y_ref, vjp_ref = jax.vjp(native, x, w)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 2), (3, 1, 1), (3, 2, 2), (7, 1, 2),
+                                                (5, 2, 3)])
+def test_cpu_conv_on_maps_smaller_than_the_kernel_matches_lax(kernel, stride, size):
+    conv = conv_layer(4, 5, kernel, stride=stride, bias=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, size, size, 4))
+    w, b = conv.kernel[...], conv.bias[...]
+    pad = kernel // 2
+
+    def native(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(conv(x), native(x, w) + b, atol=1e-5)
+    y, vjp = jax.vjp(lambda x, w: conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape,
+                                                         ("NHWC", "HWIO", "NHWC"))), x, w)
     y_ref, vjp_ref = jax.vjp(native, x, w)
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
     g = jax.random.normal(jax.random.key(2), y.shape)

@@ -27,7 +27,42 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int =
     pad = kernel // 2
     return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                    use_bias=bias, kernel_init=conv_init, dtype=dtype, rngs=rngs)
+                    use_bias=bias, kernel_init=conv_init, dtype=dtype, rngs=rngs,
+                    conv_general_dilated=conv_general_dilated)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs) -> Array:
+    """`lax.conv_general_dilated`, except for NHWC maps smaller than the kernel on CPU.
+
+    XLA:CPU swaps the operands of a convolution whose kernel is larger than its input
+    (a 3x3 kernel on ResNet's 2x2 last map at 64 px) into a layout its fast path does not
+    take: 3x3 512->512 on 64x2x2 took 577 ms forward, 100x a 4x4 map's 4.6 ms (measured,
+    benchmarks/RESULTS.md). Those run here as one matmul over the k² shifted views.
+    """
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+    if (jax.default_backend() == "cpu" and lhs.ndim == 4 and plain
+            and feature_group_count == 1 and not isinstance(padding, str)
+            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                               dimension_numbers) == nhwc
+            and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1])):
+        return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
+
+
+def _shifted_views_matmul(x: Array, w: Array, strides, padding) -> Array:
+    """NHWC x HWIO convolution as [N, H', W', kh·kw·Cin] @ [kh·kw·Cin, Cout]."""
+    kh, kw, cin, cout = w.shape
+    (sh, sw), (pad_h, pad_w) = strides, padding
+    xp = jnp.pad(x, ((0, 0), tuple(pad_h), tuple(pad_w), (0, 0)))
+    h_out, w_out = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    views = [xp[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw, :]
+             for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(views, axis=-1) @ w.reshape(kh * kw * cin, cout)
 
 
 class DepthwiseConv(nnx.Module):
