@@ -54,14 +54,26 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
                                         precision=precision, **kwargs)
 
 
+def window_views(padded: Array, kernel: tuple[int, int],
+                 stride: tuple[int, int]) -> list[Array]:
+    """The kh·kw strided views of a padded NHWC map, one per kernel tap, row-major:
+    view (i, j)[n, y, x] = padded[n, i + y·sh, j + x·sw], for every valid output (y, x).
+
+    Convolutions and pools written as sums / maxima of these views are what XLA:CPU runs
+    fast where its own kernels are slow (the small-map convolution, DepthwiseConv and
+    max_pool_3x3_s2 below)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    h_out, w_out = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
+    return [padded[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+
+
 def _shifted_views_matmul(x: Array, w: Array, strides, padding) -> Array:
     """NHWC x HWIO convolution as [N, H', W', kh·kw·Cin] @ [kh·kw·Cin, Cout]."""
     kh, kw, cin, cout = w.shape
-    (sh, sw), (pad_h, pad_w) = strides, padding
+    pad_h, pad_w = padding
     xp = jnp.pad(x, ((0, 0), tuple(pad_h), tuple(pad_w), (0, 0)))
-    h_out, w_out = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    views = [xp[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw, :]
-             for i in range(kh) for j in range(kw)]
+    views = window_views(xp, (kh, kw), strides)
     return jnp.concatenate(views, axis=-1) @ w.reshape(kh * kw * cin, cout)
 
 
@@ -93,18 +105,6 @@ class DepthwiseConv(nnx.Module):
         return _depthwise_shifted(x, w, s)
 
 
-def _depthwise_taps(padded: Array, k: int, stride: int, h_out: int, w_out: int):
-    """(i, j, view): the k² strided views of a padded map that tap (i, j) multiplies."""
-    for i in range(k):
-        for j in range(k):
-            yield i, j, padded[:, i:i + stride * (h_out - 1) + 1:stride,
-                               j:j + stride * (w_out - 1) + 1:stride, :]
-
-
-def _depthwise_out_size(size: int, k: int, stride: int) -> int:
-    return (size + 2 * (k // 2) - k) // stride + 1
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_shifted(x: Array, w: Array, stride: int) -> Array:
     """Depthwise convolution (padding k//2) as a sum of k² shifted multiplies.
@@ -119,14 +119,10 @@ def _depthwise_shifted(x: Array, w: Array, stride: int) -> Array:
 
 def _depthwise_shifted_fwd(x, w, stride):
     k, pad = w.shape[0], w.shape[0] // 2
-    h_out = _depthwise_out_size(x.shape[1], k, stride)
-    w_out = _depthwise_out_size(x.shape[2], k, stride)
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out = None
-    for i, j, view in _depthwise_taps(padded, k, stride, h_out, w_out):
-        term = view * w[i, j, 0]
-        out = term if out is None else out + term
-    return out, (padded, w)
+    taps = window_views(padded, (k, k), (stride, stride))
+    terms = [view * w[i // k, i % k, 0] for i, view in enumerate(taps)]
+    return functools.reduce(jnp.add, terms), (padded, w)
 
 
 def _depthwise_shifted_bwd(stride, residuals, g):
@@ -142,14 +138,13 @@ def _depthwise_shifted_bwd(stride, residuals, g):
     zero = jnp.zeros((), g.dtype)
     g_padded = jax.lax.pad(g, zero, ((0, 0, 0), (low, high_h, stride - 1),
                                      (low, high_w, stride - 1), (0, 0, 0)))
-    dx = None
-    for i, j, view in _depthwise_taps(g_padded, k, 1, h_in, w_in):
-        term = view * w[k - 1 - i, k - 1 - j, 0]
-        dx = term if dx is None else dx + term
+    flipped = w[::-1, ::-1, 0]
+    dx = functools.reduce(jnp.add, [view * flipped[i // k, i % k] for i, view
+                                    in enumerate(window_views(g_padded, (k, k), (1, 1)))])
     # Kernel gradient: one pass computing all k² sums over (N, H, W).
     acc = jnp.promote_types(g.dtype, jnp.float32)  # accumulate bf16 products in fp32
     products = [(view * g).astype(acc)
-                for _, _, view in _depthwise_taps(padded, k, stride, h_out, w_out)]
+                for view in window_views(padded, (k, k), (stride, stride))]
     sums = jax.lax.reduce(products, [jnp.zeros((), acc)] * len(products),
                           lambda acc, new: [a + b for a, b in zip(acc, new)], (0, 1, 2))
     dw = jnp.stack(sums).reshape(w.shape).astype(w.dtype)
@@ -179,16 +174,9 @@ def max_pool_3x3_s2(x: Array) -> Array:
     return _strided_max_pool(x)
 
 
-def _pool_taps(padded: Array, h_out: int, w_out: int) -> list[Array]:
-    """The 9 stride-2 views of a padded map, in window order (row-major)."""
-    return [padded[:, i:i + 2 * h_out - 1:2, j:j + 2 * w_out - 1:2, :]
-            for i in range(3) for j in range(3)]
-
-
 def _strided_max_pool_fwd(x: Array):
-    h_out, w_out = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-    taps = _pool_taps(padded, h_out, w_out)
+    taps = window_views(padded, (3, 3), (2, 2))
     out = taps[0]
     for tap in taps[1:]:
         out = jnp.maximum(out, tap)
@@ -201,7 +189,7 @@ def _strided_max_pool_bwd(residuals, g: Array):
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(padded.shape, g.dtype)
     zero = jnp.zeros((), g.dtype)
-    for index, tap in enumerate(_pool_taps(padded, h_out, w_out)):
+    for index, tap in enumerate(window_views(padded, (3, 3), (2, 2))):
         i, j = divmod(index, 3)
         first = (tap == out) & ~taken       # the first maximum of a window takes it all
         taken = taken | first
