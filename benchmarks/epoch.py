@@ -65,7 +65,7 @@ def main(argv=None) -> None:
                   "epoch 2 s (resumed) |\n|---|---|---|---|---|---|---|", [row],
                   f"`python -m benchmarks.epoch --preset {args.preset} --image {args.image} "
                   f"--batch {args.batch} --dtype {args.dtype}`; wall time of "
-                  "train_and_evaluate for one epoch including evaluation on 3,066 test "
+                  "train_and_evaluate for one epoch including evaluation on 3,067 test "
                   "images; epoch 2 restarts the process state (restore + compile) as a "
                   "resumed run does.")
 

@@ -194,11 +194,29 @@ def evaluate(model, eval_step, eval_split: sources.Split, config, data_sharding,
 # ----------------------------------------------------------------------------- loop
 
 class _Preemption:
-    """Turns SIGTERM (Cloud TPU preemption, `kill`) into a flag the loop checks."""
+    """Turns SIGTERM (Cloud TPU preemption, `kill`) into a flag the loop checks.
 
-    def __init__(self):
-        self.requested = False
+    With several processes the signal reaches them at different steps, and a process that
+    stopped alone would leave the others waiting in the next collective. So processes
+    compare their flags every `sync_every` steps (one tiny all-gather) and all stop at the
+    same step when any of them was signalled.
+    """
+
+    def __init__(self, sync_every: int = 1):
+        self.requested = False   # this process got SIGTERM
+        self.stop = False        # every process agreed to stop at this step
+        self.sync_every = max(1, sync_every)
         self._previous = None
+
+    def check(self, step: int) -> bool:
+        """Whether to save and stop after `step` (the same answer in every process)."""
+        if jax.process_count() == 1:
+            self.stop = self.requested
+        elif step % self.sync_every == 0:
+            from jax.experimental import multihost_utils
+            flags = multihost_utils.process_allgather(np.asarray(self.requested))
+            self.stop = bool(np.any(flags))
+        return self.stop
 
     def __enter__(self):
         try:
@@ -381,7 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.save_if_best(at_step, model, optimizer, record)
         return summary
 
-    with _Preemption() as preemption, jax.set_mesh(mesh):
+    with _Preemption(sync_every=config.train.log_every_steps) as preemption, \
+            jax.set_mesh(mesh):
         try:
             while step < total_steps:
                 epoch = min(step // steps_per_epoch + 1, total_epochs)
@@ -393,21 +412,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 step += 1
                 if bar is not None:
                     bar.update(1)
+                stop = preemption.check(step)
                 boundary = step % eval_every == 0 or step % ckpt_every == 0 \
-                    or step == total_steps or preemption.requested
+                    or step == total_steps or stop
                 if step % config.train.log_every_steps == 0 or boundary:
                     flush_train_metrics(step)
                 if step % eval_every == 0 or step == total_steps:
                     run_eval(step)
-                if step % ckpt_every == 0 or step == total_steps or preemption.requested:
+                if step % ckpt_every == 0 or step == total_steps or stop:
                     save(step)
-                if preemption.requested:
+                if stop:
                     log.warning("stopped at step %d after SIGTERM; rerun the same command to "
                                 "resume", step)
                     break
             result = _final_summary(config, workdir, history, last_cm,
                                     eval_split.class_names, step, total_steps,
-                                    preemption.requested, nonfinite_steps)
+                                    preemption.stop, nonfinite_steps)
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:

@@ -6,6 +6,7 @@
 # Multi-node: run this on every node with the same COORDINATOR (host:port of node 0),
 # NUM_PROCESSES and each node's PROCESS_ID; every process drives all its local GPUs.
 #   COORDINATOR=10.0.0.1:1234 NUM_PROCESSES=2 PROCESS_ID=0 launch/gpu.sh CONFIG WORKDIR
+# PYTHON picks the interpreter (default: python on PATH, e.g. an activated venv).
 set -euo pipefail
 CONFIG=${1:?usage: launch/gpu.sh CONFIG WORKDIR [extra flags]}
 WORKDIR=${2:?usage: launch/gpu.sh CONFIG WORKDIR [extra flags]}
@@ -18,4 +19,4 @@ if [[ -n "${COORDINATOR:-}" ]]; then
   DIST=(--coordinator_address "$COORDINATOR" --num_processes "${NUM_PROCESSES:?}"
         --process_id "${PROCESS_ID:?}")
 fi
-exec python -m ferjax.main --config "$CONFIG" --workdir "$WORKDIR" "${DIST[@]}" "$@"
+exec "${PYTHON:-python}" -m ferjax.main --config "$CONFIG" --workdir "$WORKDIR" "${DIST[@]}" "$@"

@@ -22,8 +22,10 @@ if ! gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone "$ZONE" >/dev/null 2
 fi
 
 # Ship the working tree (without local runs and venvs) to every host.
-tar czf /tmp/ferjax.tgz --exclude .venv --exclude runs --exclude .git .
-gcloud compute tpus tpu-vm scp /tmp/ferjax.tgz "$TPU_NAME":~/ --zone "$ZONE" --worker=all
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+tar czf "$STAGE/ferjax.tgz" --exclude .venv --exclude runs --exclude .git .
+gcloud compute tpus tpu-vm scp "$STAGE/ferjax.tgz" "$TPU_NAME":~/ --zone "$ZONE" --worker=all
 
 REMOTE=$(cat <<REMOTE_EOF
 set -euo pipefail

@@ -270,6 +270,25 @@ def test_synthetic_is_deterministic_long_tailed_and_balanced_at_test(tmp_path):
     assert any(e["label"] != e["clean_label"] for e in clean)  # some labels are noisy
 
 
+def test_synthetic_difficulty_knobs():
+    rng = lambda: synthetic.example_rng(0, "train", 3)  # noqa: E731
+    # Full intensity without parameter noise is exactly the class's expression.
+    np.testing.assert_allclose(synthetic.expression_params(4, rng(), 1.0, 0.0),
+                               synthetic.EXPRESSIONS[4])
+    # Lower intensities move a face toward neutral, never past it.
+    weak = [synthetic.expression_params(0, synthetic.example_rng(0, "train", i), 0.0, 0.0)
+            for i in range(50)]
+    brow = np.array([w[0] for w in weak])
+    assert 0.0 <= brow.min() and brow.max() <= synthetic.EXPRESSIONS[0][0]
+    # The same example differs between the default and the 'hard' (1.0.0) difficulty, and
+    # the random stream stays aligned: the label noise draw is unchanged.
+    easy, hard = rng(), rng()
+    a = np.asarray(synthetic.draw_face(1, easy, 32))
+    b = np.asarray(synthetic.draw_face(1, hard, 32, min_intensity=0.35, param_noise_scale=1.0))
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0
+    assert easy.random() == hard.random()
+
+
 # ------------------------------------------------------------------------------ pipeline
 
 @pytest.fixture(scope="module")

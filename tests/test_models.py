@@ -92,6 +92,28 @@ def test_cam_is_the_classifier_applied_per_position():
                                out["logits"], rtol=1e-4, atol=1e-5)
 
 
+def test_flip_consistency_is_attainable_only_on_symmetric_stride_grids():
+    """What EAC / MEK's attention consistency asks of the trunk: with left-right symmetric
+    kernels, CAM(mirror) flipped back equals CAM(image) exactly when every stride-2 layer
+    sees an odd-sized map (side = 32m + 1); at even sides (64, 224) the stride-2 grids of
+    the image and its mirror are offset and the two maps differ."""
+    model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
+                        num_classes=3, image_size=33, rngs=nnx.Rngs(0))
+    for _, v in nnx.iter_graph(model):
+        if isinstance(v, nnx.Param) and v[...].ndim == 4:
+            v[...] = 0.5 * (v[...] + v[...][:, ::-1])   # symmetric across the width axis
+    model.eval()
+
+    def mismatch(side):
+        x = jax.random.normal(jax.random.key(4), (2, side, side, 3))
+        cam = model(x, return_cam=True)["cam"]
+        back = model(x[:, :, ::-1], return_cam=True)["cam"][:, :, ::-1]
+        return float(jnp.abs(cam - back).max() / jnp.abs(cam).max())
+
+    assert mismatch(33) < 1e-5
+    assert mismatch(32) > 1e-2
+
+
 def test_cam_has_no_gradient_into_the_classifier():
     model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
                         num_classes=3, image_size=32, rngs=nnx.Rngs(0))

@@ -5,7 +5,8 @@ and occluders. Expression is carried by brows (height, inner tilt), eyes (openne
 mouth (curvature, opening, width, asymmetry), drawn at a random intensity between neutral
 and the full expression, so weak expressions overlap neighbours the way real ones do:
 fear/surprise share raised brows and wide eyes, disgust/anger share lowered brows,
-sadness/neutral differ only by a slight frown and tilted brows.
+sadness/neutral differ only by a slight frown and tilted brows. `min_intensity` and
+`param_noise_scale` set how much the classes overlap (the dataset's difficulty).
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ def noisy_label(label: int, rng: np.random.Generator, noise: float) -> int:
     return label
 
 
-def expression_params(label: int, rng: np.random.Generator) -> np.ndarray:
-    intensity = rng.uniform(0.35, 1.0)
+def expression_params(label: int, rng: np.random.Generator, min_intensity: float = 0.6,
+                      param_noise_scale: float = 0.6) -> np.ndarray:
+    """Face parameters: between neutral and the full expression at a random intensity in
+    [min_intensity, 1], plus per-parameter noise (PARAM_NOISE · param_noise_scale)."""
+    intensity = rng.uniform(min_intensity, 1.0)
     target = EXPRESSIONS[6] + intensity * (EXPRESSIONS[label] - EXPRESSIONS[6])
-    return target + rng.normal(0.0, PARAM_NOISE)
+    return target + rng.normal(0.0, PARAM_NOISE * param_noise_scale)
 
 
 def _background(rng) -> Image.Image:
@@ -130,9 +134,10 @@ def _occlude(img: Image.Image, rng) -> None:
 
 
 def draw_face(label: int, rng: np.random.Generator, size: int = 64,
-              occlusion_prob: float = 0.2) -> Image.Image:
+              occlusion_prob: float = 0.2, min_intensity: float = 0.6,
+              param_noise_scale: float = 0.6) -> Image.Image:
     """One RGB face of expression `label` (canonical 0..6), `size` x `size` pixels."""
-    layer = _draw_face(expression_params(label, rng), rng)
+    layer = _draw_face(expression_params(label, rng, min_intensity, param_noise_scale), rng)
     scale = rng.uniform(0.8, 1.1)
     layer = layer.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR,
                          translate=tuple(rng.normal(0, 4, 2)))
@@ -164,17 +169,17 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def split_labels(split: str, *, train_size: int, test_per_class: int, imbalance_ratio: float,
-                 seed: int) -> np.ndarray:
+def split_labels(split: str, *, train_size: int, test_per_class: int, longtail_test_size: int,
+                 imbalance_ratio: float, seed: int) -> np.ndarray:
     """True (pre-noise) labels of a split, in a seeded shuffled order.
 
-    'train' and 'test_longtail' follow the long tail (the latter like RAF-DB's test set, of
-    the same size as 'test'); 'test' is class-balanced.
+    'train' and 'test_longtail' (`longtail_test_size` images, like RAF-DB's test set) follow
+    the long tail; 'test' is class-balanced (`test_per_class` per class).
     """
     if split == "train":
         counts = long_tail_counts(train_size, imbalance_ratio)
     elif split == "test_longtail":
-        counts = long_tail_counts(7 * test_per_class, imbalance_ratio)
+        counts = long_tail_counts(longtail_test_size, imbalance_ratio)
     else:
         counts = np.full(7, test_per_class)
     labels = np.repeat(np.arange(7), counts)

@@ -13,14 +13,20 @@ from ferjax.data.labels import canonical_classes
 
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(FerConfig):
-    """train_size: training images (RAF-DB-shaped long tail); test_per_class: balanced test;
+    """train_size: training images (RAF-DB-shaped long tail); test_per_class: balanced
+    test; longtail_test_size: long-tailed test (RAF-DB size: 3,068, rounded to 3,067);
     image_size: side in pixels; imbalance_ratio: max/min class count; label_noise: fraction
-    of training labels moved to a confusable class; seed: everything is derived from it."""
+    of training labels moved to a confusable class; min_intensity: weakest expression
+    (0 = neutral, 1 = full); param_noise_scale: spread of the face parameters (both set how
+    much the classes overlap); seed: everything is derived from it."""
     train_size: int = 4000
-    test_per_class: int = 100
+    test_per_class: int = 300
+    longtail_test_size: int = 3068
     image_size: int = 64
     imbalance_ratio: float = 17.0
     label_noise: float = 0.1
+    min_intensity: float = 0.6
+    param_noise_scale: float = 0.6
     seed: int = 0
 
 
@@ -34,12 +40,25 @@ class SyntheticFer(FerBuilder):
 
     NEEDS_MANUAL_DIR = False
     ENCODING = "png"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: expressions at intensity 0.35-1, full parameter noise.",
+        "1.1.0": "Default classes overlap less (intensity 0.6-1, 0.6x parameter noise) and "
+                 "the test splits are larger (300 per class; 3,067 long-tailed); the 1.0.0 "
+                 "default is the 'hard' config.",
+    }
     BUILDER_CONFIGS = [
-        SyntheticConfig(name="default", description="4,000 train / 700 + 700 test, 64 px"),
+        SyntheticConfig(name="default", description="4,000 train / 2,100 balanced + 3,067 "
+                        "long-tailed test, 64 px"),
         SyntheticConfig(name="rafdb_size", description="RAF-DB sized: 12,271 train / 3,068 test, "
                         "100 px", train_size=12271, test_per_class=438, image_size=100),
+        SyntheticConfig(name="hard", description="1.0.0's default: weaker, noisier "
+                        "expressions (4,000 train / 700 + 700 test, 64 px)",
+                        test_per_class=100, longtail_test_size=700, min_intensity=0.35,
+                        param_noise_scale=1.0),
         SyntheticConfig(name="tiny", description="for tests: 140 train / 70 test, 32 px",
-                        train_size=140, test_per_class=10, image_size=32),
+                        train_size=140, test_per_class=10, longtail_test_size=70,
+                        image_size=32),
     ]
     SOURCE_CLASSES = canonical_classes(7)
     SOURCE_TO_CANONICAL = tuple(range(7))
@@ -54,10 +73,13 @@ class SyntheticFer(FerBuilder):
         cfg = self.builder_config
         labels = synthetic.split_labels(split, train_size=cfg.train_size,
                                         test_per_class=cfg.test_per_class,
+                                        longtail_test_size=cfg.longtail_test_size,
                                         imbalance_ratio=cfg.imbalance_ratio, seed=cfg.seed)
         noise = cfg.label_noise if split == "train" else 0.0
         for index, clean in enumerate(labels):
             rng = synthetic.example_rng(cfg.seed, split, index)
-            image = synthetic.draw_face(int(clean), rng, cfg.image_size)
+            image = synthetic.draw_face(int(clean), rng, cfg.image_size,
+                                        min_intensity=cfg.min_intensity,
+                                        param_noise_scale=cfg.param_noise_scale)
             label = synthetic.noisy_label(int(clean), rng, noise)
             yield Example(f"{split}_{index:06d}", image, label, {"clean_label": int(clean)})
