@@ -9,8 +9,8 @@ from flax import nnx
 
 from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
-from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, channel_shuffle,
-                                  conv_general_dilated, max_pool_3x3_s2)
+from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, _smaller_than_kernel,
+                                  channel_shuffle, conv_general_dilated, max_pool_3x3_s2)
 from ferjax.models.layers import conv as conv_layer
 
 TINY_RESNET = dict(width=8)
@@ -236,8 +236,11 @@ def test_cpu_depthwise_conv_matches_the_grouped_convolution_with_gradients(kerne
 
 
 @pytest.mark.parametrize("kernel,stride,size", [(3, 1, 2), (3, 1, 1), (3, 2, 2), (7, 1, 2),
-                                                (5, 2, 3)])
+                                                (5, 2, 3), (3, 2, 4)])
 def test_cpu_conv_on_maps_smaller_than_the_kernel_matches_lax(kernel, stride, size):
+    pad = ((kernel // 2,) * 2,) * 2
+    assert _smaller_than_kernel((size, size), (kernel, kernel), (stride, stride), pad)
+    assert not _smaller_than_kernel((16, 16), (kernel, kernel), (stride, stride), pad)
     conv = conv_layer(4, 5, kernel, stride=stride, bias=True, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (3, size, size, 4))
     w, b = conv.kernel[...], conv.bias[...]

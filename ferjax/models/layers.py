@@ -39,7 +39,10 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     XLA:CPU swaps the operands of a convolution whose kernel is larger than its input
     (a 3x3 kernel on ResNet's 2x2 last map at 64 px) into a layout its fast path does not
     take: 3x3 512->512 on 64x2x2 took 577 ms forward, 100x a 4x4 map's 4.6 ms (measured,
-    benchmarks/RESULTS.md). Those run here as one matmul over the k² shifted views.
+    benchmarks/RESULTS.md). The same happens in the backward pass of a strided convolution
+    whose *output* is smaller than the kernel (4x4 -> 2x2: its input gradient convolves the
+    2x2 output gradient; 156 ms of a 542 ms step). Both run here as one matmul over the k²
+    shifted views, whose gradients are matmuls and slices.
     """
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     plain = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
@@ -47,11 +50,19 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
             and feature_group_count == 1 and not isinstance(padding, str)
             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                                dimension_numbers) == nhwc
-            and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1])):
+            and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
+
+
+def _smaller_than_kernel(size, kernel, strides, padding) -> bool:
+    """Whether the input or the output map of a convolution is smaller than its kernel."""
+    for n, k, st, (lo, hi) in zip(size, kernel, strides, padding):
+        if n < k or (n + lo + hi - k) // st + 1 < k:
+            return True
+    return False
 
 
 def window_views(padded: Array, kernel: tuple[int, int],
