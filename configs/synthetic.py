@@ -3,7 +3,7 @@
     python -m ferjax.main --config configs/synthetic.py --workdir runs/synthetic
     python -m ferjax.main --config configs/synthetic.py:mek --workdir runs/synthetic_mek
 
-Builds synthetic_fer on first use (about 45 s), then trains a narrow ResNet-18 (width 16)
+Builds synthetic_fer on first use (about 35 s), then trains a narrow ResNet-18 (width 16)
 at 64 px for 16 epochs, evaluating on the long-tailed test split after each: about 3
 minutes on 2 CPU cores for the default baseline preset (measured; README has the numbers).
 Presets: baseline (default), rul_cbam, mek, rlrcnet. 'smoke' shrinks everything to a few
