@@ -40,10 +40,12 @@ def _metrics(workdir):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def _wait_for(path, proc, timeout=300):
+def _wait_for(path, *procs, timeout=300):
+    """Waits until `path` exists while every process in `procs` is still running."""
     start = time.time()
     while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
         assert time.time() - start < timeout, f"{path} did not appear"
         time.sleep(0.05)
 

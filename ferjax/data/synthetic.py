@@ -34,6 +34,9 @@ RAFDB_TRAIN_COUNTS = np.array([1290, 281, 717, 4772, 1982, 705, 2524], np.float6
 SKIN_TONES = np.array([[255, 224, 196], [241, 194, 150], [224, 172, 105], [198, 134, 66],
                        [141, 85, 36], [92, 56, 31]], np.float64)
 CANVAS = 128
+# Difficulty of the default faces (synthetic_fer 1.1.0); the builder configs set their own.
+MIN_INTENSITY = 0.6
+PARAM_NOISE_SCALE = 0.6
 
 
 def long_tail_counts(total: int, imbalance_ratio: float) -> np.ndarray:
@@ -55,8 +58,9 @@ def noisy_label(label: int, rng: np.random.Generator, noise: float) -> int:
     return label
 
 
-def expression_params(label: int, rng: np.random.Generator, min_intensity: float = 0.6,
-                      param_noise_scale: float = 0.6) -> np.ndarray:
+def expression_params(label: int, rng: np.random.Generator,
+                      min_intensity: float = MIN_INTENSITY,
+                      param_noise_scale: float = PARAM_NOISE_SCALE) -> np.ndarray:
     """Face parameters: between neutral and the full expression at a random intensity in
     [min_intensity, 1], plus per-parameter noise (PARAM_NOISE · param_noise_scale)."""
     intensity = rng.uniform(min_intensity, 1.0)
@@ -134,8 +138,8 @@ def _occlude(img: Image.Image, rng) -> None:
 
 
 def draw_face(label: int, rng: np.random.Generator, size: int = 64,
-              occlusion_prob: float = 0.2, min_intensity: float = 0.6,
-              param_noise_scale: float = 0.6) -> Image.Image:
+              occlusion_prob: float = 0.2, min_intensity: float = MIN_INTENSITY,
+              param_noise_scale: float = PARAM_NOISE_SCALE) -> Image.Image:
     """One RGB face of expression `label` (canonical 0..6), `size` x `size` pixels."""
     layer = _draw_face(expression_params(label, rng, min_intensity, param_noise_scale), rng)
     scale = rng.uniform(0.8, 1.1)

@@ -25,8 +25,8 @@ class SyntheticConfig(FerConfig):
     image_size: int = 64
     imbalance_ratio: float = 17.0
     label_noise: float = 0.1
-    min_intensity: float = 0.6
-    param_noise_scale: float = 0.6
+    min_intensity: float = synthetic.MIN_INTENSITY
+    param_noise_scale: float = synthetic.PARAM_NOISE_SCALE
     seed: int = 0
 
 
