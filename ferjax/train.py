@@ -80,6 +80,15 @@ def make_recipe(config) -> Recipe:
                          f"{CLASS_WEIGHT_SCHEMES}")
     eval_ops = augment_lib.parse_ops(ml_collections.ConfigDict(
         {"ops": ("normalize",), "normalize": config.augment.normalize}))
+    side = config.data.image_size
+    if loss.forward == "flip_pair" and (side - 1) % 32:
+        # Both trunks downsample by 2 five times; only at sides 32m + 1 does every stride-2
+        # layer see an odd map, so that a mirrored image lands on the mirrored grid
+        # (tests/test_models.py). Elsewhere the two CAMs cannot agree exactly.
+        log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
+                    "of an image and its mirror sit on offset grids and cannot agree exactly; "
+                    "sides 32m + 1 (e.g. %d) make attention consistency attainable",
+                    side, 32 * max(1, round((side - 1) / 32)) + 1)
     static = {"class_weight": loss.class_weight,
               "class_weight_reduction": loss.class_weight_reduction,
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon}

@@ -78,3 +78,15 @@ def test_main_rejects_an_unknown_config_key(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "no_such_field" in proc.stderr
+
+
+def test_flip_pair_warns_when_its_consistency_is_unattainable(caplog):
+    config = load("synthetic.py", "mek")
+    with caplog.at_level("WARNING", logger="ferjax"):
+        train.make_recipe(config)  # 64 px: offset stride grids
+    assert "config.data.image_size=64" in caplog.text and "e.g. 65" in caplog.text
+    caplog.clear()
+    config.data.image_size = 65
+    with caplog.at_level("WARNING", logger="ferjax"):
+        train.make_recipe(config)
+    assert "image_size" not in caplog.text
