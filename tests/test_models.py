@@ -11,6 +11,7 @@ from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
 from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, _smaller_than_kernel,
                                   channel_shuffle, conv_general_dilated, max_pool_3x3_s2)
+from ferjax.models import layers
 from ferjax.models.layers import conv as conv_layer
 
 TINY_RESNET = dict(width=8)
@@ -260,3 +261,19 @@ def test_cpu_conv_on_maps_smaller_than_the_kernel_matches_lax(kernel, stride, si
     g = jax.random.normal(jax.random.key(2), y.shape)
     for got, want in zip(vjp(g), vjp_ref(g)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_classifiers_start_like_torch_linear():
+    """Every Dense layer is initialised as torch's nn.Linear: kernel and bias uniform in
+    ±1/sqrt(fan_in) (std 1/sqrt(3·fan_in)), not flax's lecun-normal kernel and zero bias."""
+    model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
+                        num_classes=7, image_size=64, rngs=nnx.Rngs(0))
+    fan_in = model.head.fc.kernel[...].shape[0]
+    for p in (model.head.fc.kernel[...], model.head.fc.bias[...]):
+        assert float(jnp.max(jnp.abs(p))) <= fan_in ** -0.5
+    big = layers.linear(4096, 64, rngs=nnx.Rngs(1))
+    kernel, bias = np.asarray(big.kernel[...]), np.asarray(big.bias[...])
+    assert np.abs(kernel).max() <= 1 / 64 and abs(kernel.std() * 64 * np.sqrt(3) - 1) < 0.01
+    assert np.abs(bias).max() <= 1 / 64 and bias.std() > 0.3 / 64
+    gated = CBAM(32, reduction=16, gate_bias=3.0, rngs=nnx.Rngs(0)).channel_gate.fc2.bias[...]
+    np.testing.assert_allclose(gated, 1.5)  # the opening bias option still applies

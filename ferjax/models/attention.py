@@ -30,9 +30,10 @@ class ChannelGate(nnx.Module):
                  dtype=None, rngs: nnx.Rngs):
         hidden = max(channels // reduction, 1)
         # The MLP runs twice and its outputs are summed, so each half carries gate_bias / 2.
-        self.fc1 = nnx.Linear(channels, hidden, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, rngs=rngs,
-                              bias_init=nnx.initializers.constant(gate_bias / 2))
+        self.fc1 = layers.linear(channels, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = layers.linear(hidden, channels, dtype=dtype, rngs=rngs,
+                                 bias_init=nnx.initializers.constant(gate_bias / 2)
+                                 if gate_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape

@@ -38,7 +38,7 @@ class LinearHead(nnx.Module):
     def __init__(self, num_features: int, num_classes: int, *, dropout: float = 0.0,
                  dtype=None, rngs: nnx.Rngs):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
-        self.fc = nnx.Linear(num_features, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(num_features, num_classes, dtype=dtype, rngs=rngs)
 
     def __call__(self, features: jax.Array, *, return_cam: bool = False) -> dict:
         pooled = layers.global_avg_pool(features)
@@ -71,13 +71,14 @@ class RULHead(nnx.Module):
                                   rngs=rngs),
                 nnx.Dropout(dropout, rngs=rngs),
                 flatten,
-                nnx.Linear(spatial * spatial * num_features, out_dim, dtype=dtype, rngs=rngs),
+                layers.linear(spatial * spatial * num_features, out_dim, dtype=dtype,
+                              rngs=rngs),
                 layers.batch_norm(out_dim, epsilon=2e-5, dtype=dtype, rngs=rngs))
 
         self.spatial = spatial
         self.mu = branch()
         self.logvar = branch()
-        self.fc = nnx.Linear(out_dim, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(out_dim, num_classes, dtype=dtype, rngs=rngs)
 
     def __call__(self, features: jax.Array, *, mix_perm: jax.Array | None = None) -> dict:
         if features.shape[1:3] != (self.spatial, self.spatial):
@@ -115,7 +116,7 @@ class DualBranchHead(nnx.Module):
         self.branch_r = branch_r
         self.attention_c = attention_c
         self.tail = tail
-        self.fc = nnx.Linear(2 * num_features, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(2 * num_features, num_classes, dtype=dtype, rngs=rngs)
 
     def _branch(self, h: jax.Array, branch: nnx.Module, attention) -> jax.Array:
         h = branch(h)

@@ -31,6 +31,23 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int =
                     conv_general_dilated=conv_general_dilated)
 
 
+def linear(in_features: int, out_features: int, *, bias_init=None, dtype: Dtype = None,
+           rngs: nnx.Rngs) -> nnx.Linear:
+    """A torch-style `nn.Linear`: kernel and bias uniform in ±1/sqrt(in_features).
+
+    Flax's default (lecun-normal kernel, zero bias) has √3 times torch's kernel scale. That
+    matters beyond parity: the class activation maps of EAC / MEK are features times this
+    kernel, so their consistency loss starts 3x larger (spec §1.4).
+    """
+    bound = in_features ** -0.5
+
+    def torch_uniform(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nnx.Linear(in_features, out_features, kernel_init=torch_uniform,
+                      bias_init=bias_init or torch_uniform, dtype=dtype, rngs=rngs)
+
+
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs) -> Array:
