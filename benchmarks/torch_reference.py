@@ -203,9 +203,12 @@ class TorchMEK(nn.Module):
         self.trunk = TorchTrunk18()
         self.fc = nn.Linear(512, num_classes)
 
-    def loss(self, x, y, rsl_table, weights, lam=0.1):
+    def loss(self, x, y, rsl_table, weights, lam=0.1, separate=False):
         n = x.shape[0]
-        f = self.trunk(torch.cat([x, x.flip(3)]))
+        if separate:  # two passes, BN statistics per view (the reference code's way)
+            f = torch.cat([self.trunk(x), self.trunk(x.flip(3))])
+        else:
+            f = self.trunk(torch.cat([x, x.flip(3)]))
         z = self.fc(f[:n].mean((2, 3)))
         cam = torch.einsum("nchw,kc->nkhw", f, self.fc.weight.detach())
         rac = ((cam[:n] - cam[n:].flip(3)) ** 2).mean((2, 3)) @ weights

@@ -23,7 +23,7 @@ PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
 
 def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int,
-                     warmup: int) -> float:
+                     warmup: int, flip_bn: str = "joint") -> float:
     import pathlib
 
     import jax
@@ -38,6 +38,7 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
     config.data.image_size = image
     config.train.batch_size = batch
     config.model.dtype = dtype
+    config.loss.flip_bn = flip_bn
     recipe = train.make_recipe(config)
     mesh = train.make_mesh()
     rng = np.random.default_rng(0)
@@ -62,7 +63,8 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
         return (time.perf_counter() - start) / steps
 
 
-def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int) -> float:
+def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int,
+                    flip_bn: str = "joint") -> float:
     import torch
 
     from benchmarks import torch_reference as R
@@ -89,7 +91,7 @@ def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int
         if preset == "rul_cbam":
             return model.loss(x, y, weights)
         if preset == "mek":
-            return model.loss(x, y, table, weights)
+            return model.loss(x, y, table, weights, separate=flip_bn == "separate")
         return model.loss(x, y, x.flip(0), y.flip(0), 0.5)
 
     def step():
@@ -121,14 +123,18 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--flip_bn", default="joint", choices=["joint", "separate"],
+                        help="mek: the two views in one 2N pass or two passes (both sides)")
     args = parser.parse_args(argv)
     rows = []
     for preset in args.presets.split(","):
         t_jax = ferjax_step_time(preset, args.batch, args.image, args.dtype, args.steps,
-                                 args.warmup)
+                                 args.warmup, args.flip_bn)
         t_torch = None if args.no_torch else torch_step_time(preset, args.batch, args.image,
-                                                             args.steps, args.warmup)
-        row = (f"| {preset} | {args.batch} | {args.image} | {args.dtype} | "
+                                                             args.steps, args.warmup,
+                                                             args.flip_bn)
+        name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
+        row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
                f"{args.batch / t_jax:.1f} | "
                + (f"{args.batch / t_torch:.1f} | {t_torch / t_jax:.2f} |" if t_torch else
                   "— | — |"))
@@ -139,7 +145,8 @@ def main(argv=None) -> None:
     append_result("Train step", machine_summary(), header, rows,
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
-                  f"{args.steps}`; mean over {args.steps} steps after {args.warmup} warm-up "
+                  f"{args.steps} --flip_bn {args.flip_bn}`; mean over {args.steps} steps "
+                  f"after {args.warmup} warm-up "
                   "steps; PyTorch fp32 eager on CPU, AMP bf16 + channels_last on CUDA.")
 
 

@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     lo.label_smoothing = 0.1        # ε of the plain 'label_smoothing' term
     lo.rsl_epsilon = 0.3            # ε of MEK's re-balanced smooth labels
     lo.bbn_alpha_rule = "paper"     # BBN α divisor: 'paper' (T_max) or 'official'
+    lo.flip_bn = "joint"            # flip_pair BatchNorm: 'joint' (one 2N pass) or 'separate'
 
     c.augment = a = ml_collections.ConfigDict()
     a.ops = ("flip", "normalize")   # on-device augmentation ops, in order

@@ -91,7 +91,8 @@ def make_recipe(config) -> Recipe:
                     side, 32 * max(1, round((side - 1) / 32)) + 1)
     static = {"class_weight": loss.class_weight,
               "class_weight_reduction": loss.class_weight_reduction,
-              "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon}
+              "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
+              "flip_bn": loss.flip_bn}
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
                   augment_lib.parse_ops(config.augment), eval_ops, static,
                   loss.forward == "dual_branch")

@@ -10,6 +10,7 @@ from flax import nnx
 
 from ferjax.checkpoint import Checkpointer
 from ferjax.models import build_model
+from ferjax.presets import base_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -17,7 +18,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a ferjax training workdir?")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    # A workdir written before a config field existed gets that field's default.
+    return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """`saved` plus the keys only `defaults` has, recursively; saved values always win (so
+    a saved `loss.terms` is kept whole, not merged with the default terms)."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict) and key != "terms":
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def class_names(workdir: str) -> list[str]:

@@ -277,3 +277,25 @@ def test_classifiers_start_like_torch_linear():
     assert np.abs(bias).max() <= 1 / 64 and bias.std() > 0.3 / 64
     gated = CBAM(32, reduction=16, gate_bias=3.0, rngs=nnx.Rngs(0)).channel_gate.fc2.bias[...]
     np.testing.assert_allclose(gated, 1.5)  # the opening bias option still applies
+
+
+@pytest.mark.parametrize("flip_bn", ["joint", "separate"])
+def test_flip_pair_batch_norm_statistics_per_view_or_joint(flip_bn):
+    """'separate' is the reference code's two passes: each view is normalised by its own
+    batch statistics, so the logits equal a pass over the images alone; 'joint' normalises
+    over both views (one 2N batch)."""
+    from ferjax import methods
+    model = build_model(ml_collections.ConfigDict(dict(name="resnet18", **TINY_RESNET)),
+                        num_classes=7, image_size=32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(7), (4, 32, 32, 3)) + jnp.linspace(0, 2, 32)[:, None]
+    ctx = methods.StepContext(None, None, None, None, {"flip_bn": flip_bn})
+    out = methods.FORWARDS.get("flip_pair")(model, {"image": x}, ctx)
+    assert out["cam"].shape == out["cam_flipped"].shape == (4, 1, 1, 7)
+    alone = model(x)["logits"]
+    gap = float(jnp.max(jnp.abs(out["logits"] - alone)))
+    if flip_bn == "joint":
+        assert gap > 1e-3
+        return
+    assert gap < 1e-5
+    mirrored_alone = model(x[:, :, ::-1], return_cam=True)["cam"]
+    np.testing.assert_allclose(out["cam_flipped"], mirrored_alone, atol=1e-5)

@@ -90,3 +90,17 @@ def test_flip_pair_warns_when_its_consistency_is_unattainable(caplog):
     with caplog.at_level("WARNING", logger="ferjax"):
         train.make_recipe(config)
     assert "image_size" not in caplog.text
+
+
+def test_a_workdir_from_before_a_new_field_reads_with_its_default(tmp_path):
+    from ferjax.workdir import load_config as load_workdir_config
+    saved = load("synthetic.py", "mek").to_dict()
+    del saved["loss"]["flip_bn"]
+    (tmp_path / "config.json").write_text(__import__("json").dumps(saved))
+    config = load_workdir_config(str(tmp_path))
+    assert config.loss.flip_bn == "joint"
+    assert dict(config.loss.terms) == {"rsl": 1.0, "rac": 0.01}  # not merged with 'ce'
+    train.make_recipe(config)
+    config.loss.flip_bn = "both"
+    with pytest.raises(ValueError, match="config.loss.flip_bn='both'"):
+        train.make_recipe(config)
