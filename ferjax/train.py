@@ -156,11 +156,11 @@ def make_train_step(recipe: Recipe):
         # nnx.state holds live Variables: map it to snapshot the current array values.
         before = jax.tree.map(lambda x: x, nnx.state((model, optimizer), keep))
         (loss, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         optimizer.update(model, grads)
         # A finite gradient can still give non-finite parameters (a NaN learning rate).
         finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                  & jnp.isfinite(optax.global_norm(nnx.state(model, nnx.Param))))
+                  & jnp.isfinite(optax.tree.norm(nnx.state(model, nnx.Param))))
         after = nnx.state((model, optimizer), keep)
         nnx.update((model, optimizer),
                    jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
