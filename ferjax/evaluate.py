@@ -27,9 +27,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     split = split or config.data.eval_split
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     builder = sources.prepared_builder(data_cfg)
-    fold = data_cfg.get("fold", -1)
-    eval_split = sources.open_split(builder, split, fold, data_cfg.get("num_folds", 10),
-                                    hold_out=True)
+    eval_split = sources.open_eval_split(builder, data_cfg, split)
     mesh = train.make_mesh()
     recipe = train.make_recipe(config)
     with jax.set_mesh(mesh):

@@ -26,9 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.auto_build = True             # build the dataset on first use when it is missing
     d.on_bad_image = "skip"         # 'skip' (count) or 'fail' on unreadable images when building
     d.train_split = "train"         # split to train on
-    d.eval_split = "test"           # split evaluated during and after training
+    d.eval_split = "test"           # split evaluated during and after training, or 'holdout'
     d.fold = -1                     # subject-independent CV fold (CK+); -1 = no folds
     d.num_folds = 10                # number of CV folds when fold >= 0
+    d.holdout_fraction = 0.0        # per-class part of train_split held out as split 'holdout'
     d.image_size = 224              # square model input side (host resize)
     d.sampler = "uniform"           # 'uniform', 'class_balanced' or 'reversed'
     d.second_sampler = "reversed"   # sampler of the second stream (dual-branch forward only)

@@ -3,6 +3,7 @@
 import csv
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +12,7 @@ from ferjax.data import build as build_lib
 from ferjax.data import pipeline, synthetic
 from ferjax.data.builders import subject_folds
 from ferjax.data.images import BadImageError, open_rgb
-from ferjax.data.sources import open_split
+from ferjax.data.sources import open_split, open_train_and_eval
 
 RNG = np.random.default_rng(0)
 
@@ -292,10 +293,41 @@ def test_synthetic_difficulty_knobs():
 # ------------------------------------------------------------------------------ pipeline
 
 @pytest.fixture(scope="module")
-def tiny_split(tmp_path_factory):
+def tiny_data_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
-    builder = build("synthetic_fer", None, data_dir, config="tiny")
+    build("synthetic_fer", None, data_dir, config="tiny")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_data_dir):
+    builder = build_lib.make_builder("synthetic_fer", "tiny", str(tiny_data_dir))
     return open_split(builder, "train"), open_split(builder, "test")
+
+
+def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir):
+    cfg = ml_collections.ConfigDict(dict(
+        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
+        train_split="train", eval_split="holdout", fold=-1, num_folds=10,
+        holdout_fraction=0.25))
+    train, held = open_train_and_eval(cfg)
+    full = open_split(build_lib.make_builder("synthetic_fer", "tiny", str(tiny_data_dir)),
+                      "train")
+    assert len(train) + len(held) == len(full)
+    full_counts = np.bincount(full.labels, minlength=7)
+    held_counts = np.bincount(held.labels, minlength=7)
+    np.testing.assert_array_equal(held_counts, np.maximum(1, np.round(full_counts * 0.25)))
+    keys = lambda split: {bytes(split.source[i]["image"]) for i in range(len(split))}  # noqa: E731
+    assert not keys(train) & keys(held)
+    # The same images every time, whatever the run's seed.
+    again = open_train_and_eval(cfg)[1]
+    assert keys(again) == keys(held)
+    cfg.holdout_fraction = 0.0
+    with pytest.raises(ValueError, match="needs config.data.holdout_fraction > 0"):
+        open_train_and_eval(cfg)
+    cfg.holdout_fraction, cfg.fold = 0.1, 0
+    with pytest.raises(ValueError, match="config.data.fold and config.data.holdout_fraction"):
+        open_train_and_eval(cfg)
 
 
 def _take(it, n):

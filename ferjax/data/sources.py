@@ -76,11 +76,30 @@ def _subjects(builder, split: str) -> np.ndarray:
     return np.asarray([raw[i]["subject"] for i in range(len(raw))])
 
 
-def open_split(builder, split: str, fold: int = -1, num_folds: int = 10,
-               hold_out: bool = False) -> Split:
-    """A split by name; with `fold >= 0` a subject-independent CV part (CK+).
+HOLDOUT = "holdout"  # eval split name: the part of train_split held out by holdout_fraction
 
-    hold_out=False gives the training folds, True the held-out fold.
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """A bool mask over `labels` marking round(fraction · n_c) examples of every class c
+    (at least one where the class has two or more), drawn with a fixed seed so that every
+    run of a config holds out the same images whatever config.seed is."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        held[rng.permutation(members)[:n]] = True
+    return held
+
+
+def open_split(builder, split: str, fold: int = -1, num_folds: int = 10,
+               hold_out: bool = False, holdout_fraction: float = 0.0) -> Split:
+    """A split by name, optionally divided in two: with `fold >= 0` into subject-independent
+    CV parts (CK+), with `holdout_fraction > 0` per class (a validation part).
+
+    hold_out=False gives the training part, True the held-out part.
     """
     if split not in builder.info.splits:
         raise KeyError(f"{builder.name} has splits {list(builder.info.splits)}, not {split!r}")
@@ -89,15 +108,45 @@ def open_split(builder, split: str, fold: int = -1, num_folds: int = 10,
     names = tuple(builder.info.features["label"].names)
     if fold >= 0:
         folds = subject_folds(_subjects(builder, split), num_folds)
-        keep = np.flatnonzero((folds == fold) if hold_out else (folds != fold))
-        return Split(Subset(source, keep), labels[keep], names)
-    return Split(source, labels, names)
+        keep = (folds == fold) if hold_out else (folds != fold)
+    elif holdout_fraction > 0:
+        held = stratified_holdout(labels, holdout_fraction)
+        keep = held if hold_out else ~held
+    else:
+        return Split(source, labels, names)
+    indices = np.flatnonzero(keep)
+    return Split(Subset(source, indices), labels[indices], names)
+
+
+def _check_division(data_cfg) -> tuple[int, float]:
+    fold, fraction = data_cfg.get("fold", -1), data_cfg.get("holdout_fraction", 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config.data.holdout_fraction={fraction}; expected 0 <= value < 1")
+    if fold >= 0 and fraction > 0:
+        raise ValueError("config.data.fold and config.data.holdout_fraction are both set; "
+                         "cross-validation folds and a held-out part do not combine")
+    return fold, fraction
+
+
+def open_eval_split(builder, data_cfg, split: str) -> Split:
+    """The split to evaluate: a named split, the held-out CV fold when config.data.fold >= 0,
+    or 'holdout', the part of config.data.train_split that training never sees."""
+    fold, fraction = _check_division(data_cfg)
+    num_folds = data_cfg.get("num_folds", 10)
+    if split == HOLDOUT:
+        if fraction <= 0:
+            raise ValueError("config.data.eval_split='holdout' needs "
+                             "config.data.holdout_fraction > 0 (e.g. 0.1)")
+        return open_split(builder, data_cfg.train_split, hold_out=True,
+                          holdout_fraction=fraction)
+    if fold >= 0:
+        return open_split(builder, data_cfg.train_split, fold, num_folds, hold_out=True)
+    return open_split(builder, split)
 
 
 def open_train_and_eval(data_cfg) -> tuple[Split, Split]:
     builder = prepared_builder(data_cfg)
-    fold = data_cfg.get("fold", -1)
-    train = open_split(builder, data_cfg.train_split, fold, data_cfg.get("num_folds", 10), False)
-    eval_split = data_cfg.eval_split if fold < 0 else data_cfg.train_split
-    evals = open_split(builder, eval_split, fold, data_cfg.get("num_folds", 10), True)
-    return train, evals
+    fold, fraction = _check_division(data_cfg)
+    train = open_split(builder, data_cfg.train_split, fold, data_cfg.get("num_folds", 10),
+                       hold_out=False, holdout_fraction=fraction)
+    return train, open_eval_split(builder, data_cfg, data_cfg.eval_split)
