@@ -80,15 +80,6 @@ def make_recipe(config) -> Recipe:
                          f"{CLASS_WEIGHT_SCHEMES}")
     eval_ops = augment_lib.parse_ops(ml_collections.ConfigDict(
         {"ops": ("normalize",), "normalize": config.augment.normalize}))
-    side = config.data.image_size
-    if loss.forward == "flip_pair" and (side - 1) % 32:
-        # Both trunks downsample by 2 five times; only at sides 32m + 1 does every stride-2
-        # layer see an odd map, so that a mirrored image lands on the mirrored grid
-        # (tests/test_models.py). Elsewhere the two CAMs cannot agree exactly.
-        log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
-                    "of an image and its mirror sit on offset grids and cannot agree exactly; "
-                    "sides 32m + 1 (e.g. %d) make attention consistency attainable",
-                    side, 32 * max(1, round((side - 1) / 32)) + 1)
     static = {"class_weight": loss.class_weight,
               "class_weight_reduction": loss.class_weight_reduction,
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
@@ -96,6 +87,19 @@ def make_recipe(config) -> Recipe:
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
                   augment_lib.parse_ops(config.augment), eval_ops, static,
                   loss.forward == "dual_branch")
+
+
+def warn_if_flip_consistency_unattainable(config) -> None:
+    """Logs a warning when 'flip_pair' runs at an input side where the CAMs of an image and
+    its mirror cannot agree: both trunks downsample by 2 five times, and only at sides
+    32m + 1 does every stride-2 layer see an odd map, so that a mirrored image lands on the
+    mirrored grid (tests/test_models.py)."""
+    side = config.data.image_size
+    if config.loss.forward == "flip_pair" and (side - 1) % 32:
+        log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
+                    "of an image and its mirror sit on offset grids and cannot agree exactly; "
+                    "sides 32m + 1 (e.g. %d) make attention consistency attainable",
+                    side, 32 * max(1, round((side - 1) / 32)) + 1)
 
 
 def make_model_and_optimizer(config, num_classes: int, steps_per_epoch: int,
@@ -275,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     os.makedirs(workdir, exist_ok=True)
     recipe = make_recipe(config)
+    warn_if_flip_consistency_unattainable(config)
     is_writer = jax.process_index() == 0
     mesh = make_mesh()
     data_sharding = NamedSharding(mesh, P("data"))

@@ -83,12 +83,12 @@ def test_main_rejects_an_unknown_config_key(tmp_path):
 def test_flip_pair_warns_when_its_consistency_is_unattainable(caplog):
     config = load("synthetic.py", "mek")
     with caplog.at_level("WARNING", logger="ferjax"):
-        train.make_recipe(config)  # 64 px: offset stride grids
+        train.warn_if_flip_consistency_unattainable(config)  # 64 px: offset grids
     assert "config.data.image_size=64" in caplog.text and "e.g. 65" in caplog.text
     caplog.clear()
     config.data.image_size = 65
     with caplog.at_level("WARNING", logger="ferjax"):
-        train.make_recipe(config)
+        train.warn_if_flip_consistency_unattainable(config)
     assert "image_size" not in caplog.text
 
 
