@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from ferjax.data import build as build_lib
-from ferjax.data import pipeline, synthetic
+from ferjax.data import pipeline, sources, synthetic
 from ferjax.data.builders import subject_folds
 from ferjax.data.images import BadImageError, open_rgb
-from ferjax.data.sources import open_split, open_train_and_eval
+from ferjax.data.sources import divide_split, open_split, open_train_and_eval
 
 RNG = np.random.default_rng(0)
 
@@ -249,9 +249,11 @@ def test_ckplus_last_frames_subjects_and_folds(tmp_path):
     assert labels_of(bn, "train")[6] == 3
     folds = subject_folds(["a", "a", "b", "c", "c"], num_folds=3)
     assert folds[0] == folds[1] and folds[3] == folds[4] and len(set(folds)) == 3
-    held = open_split(b, "train", fold=0, num_folds=3, hold_out=True)
-    rest = open_split(b, "train", fold=0, num_folds=3, hold_out=False)
+    rest, held = divide_split(b, "train", open_split(b, "train"), fold=0, num_folds=3)
     assert len(held) + len(rest) == 9 and len(held) == 3
+    held_subjects = {held.source[i]["subject"] for i in range(len(held))}
+    rest_subjects = {rest.source[i]["subject"] for i in range(len(rest))}
+    assert len(held_subjects) == 1 and not held_subjects & rest_subjects
 
 
 # ------------------------------------------------------------------------------ synthetic
@@ -305,12 +307,17 @@ def tiny_split(tiny_data_dir):
     return open_split(builder, "train"), open_split(builder, "test")
 
 
-def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir):
+def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir, monkeypatch):
     cfg = ml_collections.ConfigDict(dict(
         name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
         train_split="train", eval_split="holdout", fold=-1, num_folds=10,
         holdout_fraction=0.25))
+    read = []  # the train split's labels are read once for both parts
+    real_labels = sources._labels
+    monkeypatch.setattr(sources, "_labels", lambda b, split: read.append(split) or
+                        real_labels(b, split))
     train, held = open_train_and_eval(cfg)
+    assert read == ["train"]
     full = open_split(build_lib.make_builder("synthetic_fer", "tiny", str(tiny_data_dir)),
                       "train")
     assert len(train) + len(held) == len(full)
@@ -322,6 +329,10 @@ def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir):
     # The same images every time, whatever the run's seed.
     again = open_train_and_eval(cfg)[1]
     assert keys(again) == keys(held)
+    # python -m ferjax.evaluate --split holdout opens the same part.
+    builder = build_lib.make_builder("synthetic_fer", "tiny", str(tiny_data_dir))
+    assert keys(sources.open_eval_split(builder, cfg, "holdout")) == keys(held)
+    assert len(sources.open_eval_split(builder, cfg, "test")) == 70
     cfg.holdout_fraction = 0.0
     with pytest.raises(ValueError, match="needs config.data.holdout_fraction > 0"):
         open_train_and_eval(cfg)

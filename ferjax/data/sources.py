@@ -94,28 +94,32 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np
     return held
 
 
-def open_split(builder, split: str, fold: int = -1, num_folds: int = 10,
-               hold_out: bool = False, holdout_fraction: float = 0.0) -> Split:
-    """A split by name, optionally divided in two: with `fold >= 0` into subject-independent
-    CV parts (CK+), with `holdout_fraction > 0` per class (a validation part).
-
-    hold_out=False gives the training part, True the held-out part.
-    """
+def open_split(builder, split: str) -> Split:
+    """The whole split `split` of `builder`; labels are read once, images on access."""
     if split not in builder.info.splits:
         raise KeyError(f"{builder.name} has splits {list(builder.info.splits)}, not {split!r}")
-    source = builder.as_data_source(split)
-    labels = _labels(builder, split)
-    names = tuple(builder.info.features["label"].names)
-    if fold >= 0:
-        folds = subject_folds(_subjects(builder, split), num_folds)
-        keep = (folds == fold) if hold_out else (folds != fold)
-    elif holdout_fraction > 0:
-        held = stratified_holdout(labels, holdout_fraction)
-        keep = held if hold_out else ~held
-    else:
-        return Split(source, labels, names)
+    return Split(builder.as_data_source(split), _labels(builder, split),
+                 tuple(builder.info.features["label"].names))
+
+
+def _part(whole: Split, keep: np.ndarray) -> Split:
     indices = np.flatnonzero(keep)
-    return Split(Subset(source, indices), labels[indices], names)
+    return Split(Subset(whole.source, indices), whole.labels[indices], whole.class_names)
+
+
+def divide_split(builder, split: str, whole: Split, fold: int = -1, num_folds: int = 10,
+                 holdout_fraction: float = 0.0) -> tuple[Split, Split]:
+    """(training part, held-out part) of `whole`, the split named `split`: with `fold >= 0`
+    subject-independent CV parts (CK+), else a per-class held-out part of
+    `holdout_fraction` (a validation set). Reuses `whole`'s labels instead of reading the
+    split again, which matters for AffectNet's 280k records."""
+    if fold >= 0:
+        keep = subject_folds(_subjects(builder, split), num_folds) != fold
+    elif holdout_fraction > 0:
+        keep = ~stratified_holdout(whole.labels, holdout_fraction)
+    else:
+        raise ValueError("divide_split needs fold >= 0 or holdout_fraction > 0")
+    return _part(whole, keep), _part(whole, ~keep)
 
 
 def _check_division(data_cfg) -> tuple[int, float]:
@@ -128,25 +132,34 @@ def _check_division(data_cfg) -> tuple[int, float]:
     return fold, fraction
 
 
+def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
+    """(training part, evaluation split), reading config.data.train_split once for both."""
+    fold, fraction = _check_division(data_cfg)
+    if eval_split == HOLDOUT and fraction <= 0:
+        raise ValueError("config.data.eval_split='holdout' needs "
+                         "config.data.holdout_fraction > 0 (e.g. 0.1)")
+    whole = open_split(builder, data_cfg.train_split)
+    if fold < 0 and fraction <= 0:
+        train, held = whole, None
+    else:
+        train, held = divide_split(builder, data_cfg.train_split, whole, fold,
+                                   data_cfg.get("num_folds", 10), fraction)
+    # A CV fold is always evaluated on its held-out part; 'holdout' names that part.
+    if fold >= 0 or eval_split == HOLDOUT:
+        return train, held
+    return train, open_split(builder, eval_split)
+
+
 def open_eval_split(builder, data_cfg, split: str) -> Split:
     """The split to evaluate: a named split, the held-out CV fold when config.data.fold >= 0,
     or 'holdout', the part of config.data.train_split that training never sees."""
     fold, fraction = _check_division(data_cfg)
-    num_folds = data_cfg.get("num_folds", 10)
-    if split == HOLDOUT:
-        if fraction <= 0:
-            raise ValueError("config.data.eval_split='holdout' needs "
-                             "config.data.holdout_fraction > 0 (e.g. 0.1)")
-        return open_split(builder, data_cfg.train_split, hold_out=True,
-                          holdout_fraction=fraction)
-    if fold >= 0:
-        return open_split(builder, data_cfg.train_split, fold, num_folds, hold_out=True)
-    return open_split(builder, split)
+    if fold < 0 and split != HOLDOUT:
+        return open_split(builder, split)  # no need to read the train split
+    return _open(builder, data_cfg, split)[1]
 
 
 def open_train_and_eval(data_cfg) -> tuple[Split, Split]:
+    """(training split, evaluation split) of `data_cfg`, building the dataset if needed."""
     builder = prepared_builder(data_cfg)
-    fold, fraction = _check_division(data_cfg)
-    train = open_split(builder, data_cfg.train_split, fold, data_cfg.get("num_folds", 10),
-                       hold_out=False, holdout_fraction=fraction)
-    return train, open_eval_split(builder, data_cfg, data_cfg.eval_split)
+    return _open(builder, data_cfg, data_cfg.eval_split)
