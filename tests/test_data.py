@@ -267,6 +267,9 @@ def test_synthetic_is_deterministic_long_tailed_and_balanced_at_test(tmp_path):
     assert 15 < counts.max() / counts.min() < 19
     builder = build("synthetic_fer", None, tmp_path / "data", config="tiny")
     assert labels_of(builder, "test").tolist() == [10] * 7
+    assert labels_of(builder, "validation").tolist() == [5] * 7
+    val = builder.as_data_source("validation")
+    assert all(val[i]["label"] == val[i]["clean_label"] for i in range(len(val)))
     ex = builder.as_data_source("train")[0]
     assert ex["image"].shape == (32, 32, 3)
     clean = [builder.as_data_source("train")[i] for i in range(140)]

@@ -165,7 +165,7 @@ def draw_face(label: int, rng: np.random.Generator, size: int = 64,
     return img.resize((size, size), Image.LANCZOS)
 
 
-SPLIT_IDS = {"train": 0, "test": 1, "test_longtail": 2}
+SPLIT_IDS = {"train": 0, "test": 1, "test_longtail": 2, "validation": 3}
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -174,16 +174,19 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def split_labels(split: str, *, train_size: int, test_per_class: int, longtail_test_size: int,
-                 imbalance_ratio: float, seed: int) -> np.ndarray:
+                 imbalance_ratio: float, seed: int, validation_per_class: int = 0) -> np.ndarray:
     """True (pre-noise) labels of a split, in a seeded shuffled order.
 
     'train' and 'test_longtail' (`longtail_test_size` images, like RAF-DB's test set) follow
-    the long tail; 'test' is class-balanced (`test_per_class` per class).
+    the long tail; 'test' (`test_per_class` per class) and 'validation'
+    (`validation_per_class`) are class-balanced.
     """
     if split == "train":
         counts = long_tail_counts(train_size, imbalance_ratio)
     elif split == "test_longtail":
         counts = long_tail_counts(longtail_test_size, imbalance_ratio)
+    elif split == "validation":
+        counts = np.full(7, validation_per_class)
     else:
         counts = np.full(7, test_per_class)
     labels = np.repeat(np.arange(7), counts)

@@ -14,13 +14,14 @@ from ferjax.data.labels import canonical_classes
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(FerConfig):
     """train_size: training images (RAF-DB-shaped long tail); test_per_class: balanced
-    test; longtail_test_size: long-tailed test (RAF-DB size: 3,068, rounded to 3,067);
+    test; validation_per_class: balanced validation (model selection); longtail_test_size: long-tailed test (RAF-DB size: 3,068, rounded to 3,067);
     image_size: side in pixels; imbalance_ratio: max/min class count; label_noise: fraction
     of training labels moved to a confusable class; min_intensity: weakest expression
     (0 = neutral, 1 = full); param_noise_scale: spread of the face parameters (both set how
     much the classes overlap); seed: everything is derived from it."""
     train_size: int = 4000
     test_per_class: int = 300
+    validation_per_class: int = 100
     longtail_test_size: int = 3068
     image_size: int = 64
     imbalance_ratio: float = 17.0
@@ -35,29 +36,37 @@ class SyntheticFer(FerBuilder):
 
     Splits: 'train' (long-tailed, noisy labels), 'test' (class-balanced) and
     'test_longtail' (long-tailed like RAF-DB's test set, clean labels), on which overall
-    and mean class accuracy differ the way they do on real FER benchmarks.
+    and mean class accuracy differ the way they do on real FER benchmarks, and 'validation'
+    (class-balanced, clean labels) for choosing hyperparameters without the test splits.
+    Each example's random stream is keyed by (seed, split, index), so adding a split
+    leaves the others unchanged.
     """
 
     NEEDS_MANUAL_DIR = False
     ENCODING = "png"
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "First release: expressions at intensity 0.35-1, full parameter noise.",
         "1.1.0": "Default classes overlap less (intensity 0.6-1, 0.6x parameter noise) and "
                  "the test splits are larger (300 per class; 3,067 long-tailed); the 1.0.0 "
                  "default is the 'hard' config.",
+        "1.2.0": "Adds a class-balanced 'validation' split (100 per class, clean labels); "
+                 "the other splits are identical to 1.1.0.",
     }
     BUILDER_CONFIGS = [
-        SyntheticConfig(name="default", description="4,000 train / 2,100 balanced + 3,067 "
-                        "long-tailed test, 64 px"),
+        SyntheticConfig(name="default", description="4,000 train / 700 validation / 2,100 "
+                        "balanced + 3,067 long-tailed test, 64 px"),
         SyntheticConfig(name="rafdb_size", description="RAF-DB sized: 12,271 train / 3,068 test, "
-                        "100 px", train_size=12271, test_per_class=438, image_size=100),
+                        "100 px", train_size=12271, test_per_class=438, image_size=100,
+                        validation_per_class=200),
         SyntheticConfig(name="hard", description="1.0.0's default: weaker, noisier "
                         "expressions (4,000 train / 700 + 700 test, 64 px)",
                         test_per_class=100, longtail_test_size=700, min_intensity=0.35,
+                        validation_per_class=50,
                         param_noise_scale=1.0),
         SyntheticConfig(name="tiny", description="for tests: 140 train / 70 test, 32 px",
                         train_size=140, test_per_class=10, longtail_test_size=70,
+                        validation_per_class=5,
                         image_size=32),
     ]
     SOURCE_CLASSES = canonical_classes(7)
@@ -67,13 +76,15 @@ class SyntheticFer(FerBuilder):
         return {"clean_label": tfds.features.ClassLabel(names=canonical_classes(7))}
 
     def _split_examples(self, manual_dir):
-        return {split: self._examples(split) for split in ("train", "test", "test_longtail")}
+        return {split: self._examples(split)
+                for split in ("train", "validation", "test", "test_longtail")}
 
     def _examples(self, split):
         cfg = self.builder_config
         labels = synthetic.split_labels(split, train_size=cfg.train_size,
                                         test_per_class=cfg.test_per_class,
                                         longtail_test_size=cfg.longtail_test_size,
+                                        validation_per_class=cfg.validation_per_class,
                                         imbalance_ratio=cfg.imbalance_ratio, seed=cfg.seed)
         noise = cfg.label_noise if split == "train" else 0.0
         for index, clean in enumerate(labels):
