@@ -1,6 +1,8 @@
 """Builders from tiny fake copies of each real layout, the synthetic set, and the grain pipeline."""
 
 import csv
+import logging
+import pathlib
 import shutil
 
 import ml_collections
@@ -433,3 +435,19 @@ def test_processes_read_contiguous_shares_of_the_same_global_batch(tiny_split):
                                       whole[b]["label"])
         np.testing.assert_array_equal(np.concatenate([p0["image"], p1["image"]]),
                                       whole[b]["image"])
+
+
+def test_interrupted_build_is_reported_not_deleted(tmp_path, caplog):
+    version_dir = pathlib.Path(build_lib.make_builder("synthetic_fer", "tiny",
+                                                      str(tmp_path)).data_dir)
+    stale = version_dir.parent / f"incomplete.AB12CD_{version_dir.name}"
+    stale.mkdir(parents=True)
+    (stale / "shard-00000").write_bytes(b"x" * 2**20)
+    with caplog.at_level(logging.WARNING, logger="ferjax.data"):
+        build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
+    assert f"{stale} is left from an interrupted build (1.0 MB)" in caplog.text
+    assert stale.exists()  # another process might still be writing into it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferjax.data"):
+        build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
+    assert "interrupted" not in caplog.text  # prepared: nothing to build, nothing to say

@@ -6,7 +6,8 @@
 
 Output goes to --data_dir (default $FERJAX_DATA_DIR or ~/ferjax_datasets). TFDS writes
 into a temporary folder and renames it when complete, so an interrupted build leaves no
-half-written dataset behind.
+half-written dataset behind; the next build names the temporary folder it left (which can
+be large: AffectNet) so that you can delete it.
 """
 
 from __future__ import annotations
@@ -67,11 +68,28 @@ def build(dataset: str, *, config: str | None = None, manual_dir: str | None = N
         import shutil
         shutil.rmtree(builder.data_dir)
         builder = make_builder(dataset, config, data_dir, on_bad_image)
+    if not builder.is_prepared():
+        _warn_about_interrupted_builds(builder)
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(path) if path else None,
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     builder.download_and_prepare(download_config=download_config, file_format="array_record")
     return builder
+
+
+def interrupted_builds(builder) -> list[pathlib.Path]:
+    """Temporary folders TFDS left next to `builder`'s version folder when a build of it was
+    interrupted (TFDS names them incomplete.<random>_<version>)."""
+    version_dir = pathlib.Path(builder.data_dir)
+    return sorted(version_dir.parent.glob(f"incomplete.*_{version_dir.name}"))
+
+
+def _warn_about_interrupted_builds(builder) -> None:
+    # Not deleted automatically: another process may be building into one right now.
+    for path in interrupted_builds(builder):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        log.warning("%s is left from an interrupted build (%.1f MB); delete it once no other "
+                    "build of this dataset is running", path, size / 2**20)
 
 
 def label_counts(builder, split: str) -> np.ndarray:
