@@ -80,6 +80,18 @@ def test_main_rejects_an_unknown_config_key(tmp_path):
     assert "no_such_field" in proc.stderr
 
 
+def test_synthetic_presets_keep_the_settings_chosen_on_validation():
+    # README, Results: the quick start must stay within its time budget; mek and rul_cbam
+    # lengths and rul_cbam's from-scratch settings were chosen on the validation split.
+    assert load("synthetic.py").train.epochs == 16
+    assert load("synthetic.py", "mek").train.epochs == 48
+    rul = load("synthetic.py", "rul_cbam")
+    assert (rul.train.epochs, rul.optim.classifier_lr_multiplier,
+            rul.loss.class_weight) == (48, 1.0, "sqrt_inv")
+    paper = load("rafdb.py", "rul_cbam")  # real datasets keep the paper's settings
+    assert (paper.optim.classifier_lr_multiplier, paper.loss.class_weight) == (10.0, "inv_norm_K")
+
+
 def test_flip_pair_warns_when_its_consistency_is_unattainable(caplog):
     config = load("synthetic.py", "mek")
     with caplog.at_level("WARNING", logger="ferjax"):
