@@ -81,10 +81,11 @@ def test_main_rejects_an_unknown_config_key(tmp_path):
 
 
 def test_synthetic_presets_keep_the_settings_chosen_on_validation():
-    # README, Results: the quick start must stay within its time budget; mek and rul_cbam
-    # lengths and rul_cbam's from-scratch settings were chosen on the validation split.
+    # README, Results: the quick start must stay within its time budget; mek, rul_cbam and
+    # rlrcnet lengths and rul_cbam's from-scratch settings were chosen on the validation split.
     assert load("synthetic.py").train.epochs == 16
     assert load("synthetic.py", "mek").train.epochs == 48
+    assert load("synthetic.py", "rlrcnet").train.epochs == 48
     rul = load("synthetic.py", "rul_cbam")
     assert (rul.train.epochs, rul.optim.classifier_lr_multiplier,
             rul.loss.class_weight) == (48, 1.0, "sqrt_inv")
