@@ -14,7 +14,8 @@ from ferjax.data.labels import canonical_classes
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(FerConfig):
     """train_size: training images (RAF-DB-shaped long tail); test_per_class: balanced
-    test; validation_per_class: balanced validation (model selection); longtail_test_size: long-tailed test (RAF-DB size: 3,068, rounded to 3,067);
+    test; validation_per_class: balanced validation (model selection);
+    longtail_test_size: long-tailed test (RAF-DB size: 3,068, rounded to 3,067);
     image_size: side in pixels; imbalance_ratio: max/min class count; label_noise: fraction
     of training labels moved to a confusable class; min_intensity: weakest expression
     (0 = neutral, 1 = full); param_noise_scale: spread of the face parameters (both set how
