@@ -3,7 +3,7 @@
     python -m ferjax.main --config configs/synthetic.py --workdir runs/synthetic
     python -m ferjax.main --config configs/synthetic.py:mek --workdir runs/synthetic_mek
 
-Builds synthetic_fer on first use (about 35 s), then trains a narrow ResNet-18 (width 16)
+Builds synthetic_fer on first use (about 40 s), then trains a narrow ResNet-18 (width 16)
 at 64 px for 16 epochs, evaluating on the long-tailed test split after each: about 2
 minutes on 2 CPU cores for the default baseline preset (measured; README has the numbers).
 The other presets train 48 epochs (6-14 minutes), the length their validation accuracy
