@@ -153,7 +153,7 @@ def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
 def open_eval_split(builder, data_cfg, split: str) -> Split:
     """The split to evaluate: a named split, the held-out CV fold when config.data.fold >= 0,
     or 'holdout', the part of config.data.train_split that training never sees."""
-    fold, fraction = _check_division(data_cfg)
+    fold, _ = _check_division(data_cfg)
     if fold < 0 and split != HOLDOUT:
         return open_split(builder, split)  # no need to read the train split
     return _open(builder, data_cfg, split)[1]
