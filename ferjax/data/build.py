@@ -92,11 +92,16 @@ def _warn_about_interrupted_builds(builder) -> None:
                     "build of this dataset is running", path, size / 2**20)
 
 
+def read_field(builder, split: str, field: str) -> np.ndarray:
+    """One feature (e.g. 'label', 'subject') of every record of a prepared split, in record
+    order, read without decoding images."""
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    return np.asarray([source[i][field] for i in range(len(source))])
+
+
 def label_counts(builder, split: str) -> np.ndarray:
     """Per-class counts of a prepared split, read without decoding images."""
-    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    labels = [source[i]["label"] for i in range(len(source))]
-    return np.bincount(np.asarray(labels, np.int64),
+    return np.bincount(read_field(builder, split, "label").astype(np.int64),
                        minlength=builder.info.features["label"].num_classes)
 
 

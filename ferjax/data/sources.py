@@ -6,7 +6,6 @@ import dataclasses
 import logging
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ferjax.data import build as build_lib
 from ferjax.data.builders import get_builder_class, subject_folds
@@ -67,13 +66,7 @@ def prepared_builder(data_cfg):
 
 
 def _labels(builder, split: str) -> np.ndarray:
-    raw = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    return np.asarray([raw[i]["label"] for i in range(len(raw))], np.int64)
-
-
-def _subjects(builder, split: str) -> np.ndarray:
-    raw = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    return np.asarray([raw[i]["subject"] for i in range(len(raw))])
+    return build_lib.read_field(builder, split, "label").astype(np.int64)
 
 
 HOLDOUT = "holdout"  # eval split name: the part of train_split held out by holdout_fraction
@@ -114,7 +107,7 @@ def divide_split(builder, split: str, whole: Split, fold: int = -1, num_folds: i
     `holdout_fraction` (a validation set). Reuses `whole`'s labels instead of reading the
     split again, which matters for AffectNet's 280k records."""
     if fold >= 0:
-        keep = subject_folds(_subjects(builder, split), num_folds) != fold
+        keep = subject_folds(build_lib.read_field(builder, split, "subject"), num_folds) != fold
     elif holdout_fraction > 0:
         keep = ~stratified_holdout(whole.labels, holdout_fraction)
     else:
