@@ -29,9 +29,9 @@ def get_config(arg=None):
     c.train.batch_size = 64   # after the preset, which may set its own length and batch
     # Lengths looked at on the 'validation' split, 16 vs 48 epochs, seeds 0-3 (measured,
     # synthetic_fer 1.2.0, README): CE 73.0 vs 73.4 % mean class accuracy (within seed
-    # noise), so the quick start keeps its 3 minutes; MEK 70.9 vs 76.0 %: its regularisers
-    # pay off once the model fits the training set, so mek trains 48; rul_cbam 66.0 vs
-    # 73.9 % and rlrcnet 40.6 vs 63.3 % (seed 0), so they train 48 too.
+    # noise), so the quick start stays at 16 epochs, about 2 minutes; MEK 70.9 vs 76.0 %:
+    # its regularisers pay off once the model fits the training set, so mek trains 48;
+    # rul_cbam 66.0 vs 73.9 % and rlrcnet 40.6 vs 63.3 % (seed 0), so they train 48 too.
     c.train.epochs = 16 if c.method == "baseline" else 48
     # From-scratch training on 4,000 images: Adam at 2e-3 with a cosine schedule for every
     # preset. rlrcnet's SGD (lr 0.1, 1 warm-up epoch) predicted the majority class for all
