@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from ferjax.models import HEADS, MODELS, build_model, count_params
-from ferjax.models.attention import CBAM, ShuffleAttention, valid_sa_groups
+from ferjax.models.attention import CBAM, ShuffleAttention, max_along, valid_sa_groups
 from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, _smaller_than_kernel,
                                   channel_shuffle, conv_general_dilated, cpu_batch_chunk,
                                   max_pool_3x3_s2)
@@ -150,6 +150,19 @@ def test_shuffle_attention_rejects_groups_that_do_not_divide():
     assert 64 not in valid_sa_groups(464) and 8 in valid_sa_groups(464)
     with pytest.raises(ValueError, match="valid groups for 464"):
         ShuffleAttention(464, groups=64, rngs=nnx.Rngs(0))
+
+
+def test_max_along_routes_the_gradient_to_the_maximum():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 7))
+    for axis in (1, -1):
+        np.testing.assert_array_equal(max_along(x, axis), jnp.max(x, axis, keepdims=True))
+        g = jax.random.normal(jax.random.key(1), jnp.max(x, axis, keepdims=True).shape)
+        grad = jax.grad(lambda x: jnp.sum(max_along(x, axis) * g))(x)
+        one_hot = jax.nn.one_hot(jnp.argmax(x, axis), x.shape[axis], axis=axis)
+        np.testing.assert_allclose(grad, one_hot * g, atol=1e-7)   # no ties: the argmax
+    tied = jnp.array([[1.0, 3.0, 3.0, 2.0]])
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(max_along(x * 2.0, -1))))(tied)
+    np.testing.assert_allclose(grad, [[0.0, 1.0, 1.0, 0.0]])       # d(2x)/dx split over 2
 
 
 def test_cbam_matches_a_numpy_computation():
