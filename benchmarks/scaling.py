@@ -31,6 +31,7 @@ def main(argv=None) -> None:
     # Only the CPU backend reads this; it must be set before JAX touches any backend.
     jax.config.update("jax_num_cpu_devices", 8)
     import jax.numpy as jnp
+    from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from benchmarks.common import append_result, machine_summary
@@ -54,17 +55,19 @@ def main(argv=None) -> None:
         mesh = train.make_mesh(jax.devices()[:n])
         model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 1000)
         with jax.set_mesh(mesh):
-            step = train.make_train_step(recipe)
+            graphdef, state = nnx.split((model, optimizer))
+            step = train.make_train_step(recipe, graphdef)
             batch = train.to_global(host, NamedSharding(mesh, P("data")))
             extra = (jnp.float32(0.5), jnp.ones(7), jnp.ones(7))
-            first = step(model, optimizer, batch, jnp.int32(0), jax.random.key(0), *extra)
+            state, first = step(state, batch, jnp.int32(0), jax.random.key(0), *extra)
+            nnx.update((model, optimizer), state)
             params = [np.asarray(x) for x in jax.tree.leaves(model_state(model))]
             if reference is None:
                 reference = (float(first["loss"]), params)
             diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, reference[1]))
             start = time.perf_counter()
             for i in range(args.steps):
-                out = step(model, optimizer, batch, jnp.int32(i + 1), jax.random.key(0), *extra)
+                state, out = step(state, batch, jnp.int32(i + 1), jax.random.key(0), *extra)
             jax.block_until_ready(out)
             rate = args.steps * args.batch / (time.perf_counter() - start)
         row = (f"| {n} | {args.batch} | {rate:.1f} | {rate / n:.1f} | "
