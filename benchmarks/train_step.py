@@ -5,7 +5,8 @@
 
 Both sides run the same architecture, loss, optimizer and batch size on the same machine in
 one invocation. ferjax's step includes its on-device augmentation (the PyTorch step gets
-ready tensors, as from a DataLoader), so the comparison does not favour ferjax. On CUDA the
+ready tensors, as from a DataLoader), so the comparison does not favour ferjax;
+`--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
 PyTorch step uses AMP (bf16 autocast) and channels_last. Results are appended to
 benchmarks/RESULTS.md.
 """
@@ -23,7 +24,8 @@ PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
 
 def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int,
-                     warmup: int, flip_bn: str = "joint") -> tuple[float, float]:
+                     warmup: int, flip_bn: str = "joint",
+                     augment: str = "preset") -> tuple[float, float]:
     """(seconds per step with steps queued back to back, median seconds until a step call
     returns: the host's dispatch time, which a fast accelerator step cannot hide)"""
     import pathlib
@@ -42,6 +44,8 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
     config.train.batch_size = batch
     config.model.dtype = dtype
     config.loss.flip_bn = flip_bn
+    if augment == "normalize":  # what the PyTorch step gets: ready, normalised tensors
+        config.augment.ops = ("normalize",)
     recipe = train.make_recipe(config)
     mesh = train.make_mesh()
     rng = np.random.default_rng(0)
@@ -138,15 +142,21 @@ def main(argv=None) -> None:
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--flip_bn", default="joint", choices=["joint", "separate"],
                         help="mek: the two views in one 2N pass or two passes (both sides)")
+    parser.add_argument("--augment", default="preset", choices=["preset", "normalize"],
+                        help="ferjax's on-device augmentation: the preset's ops, or only the "
+                             "normalisation (like for like with the PyTorch step)")
     args = parser.parse_args(argv)
     rows = []
     for preset in args.presets.split(","):
         t_jax, t_dispatch = ferjax_step_time(preset, args.batch, args.image, args.dtype,
-                                             args.steps, args.warmup, args.flip_bn)
+                                             args.steps, args.warmup, args.flip_bn,
+                                             args.augment)
         t_torch = None if args.no_torch else torch_step_time(preset, args.batch, args.image,
                                                              args.steps, args.warmup,
                                                              args.flip_bn)
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
+        if args.augment != "preset":
+            name += f", augment={args.augment}"
         row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
                f"{args.batch / t_jax:.1f} | {1e3 * t_dispatch:.1f} | "
                + (f"{args.batch / t_torch:.1f} | {t_torch / t_jax:.2f} |" if t_torch else
@@ -158,7 +168,8 @@ def main(argv=None) -> None:
     append_result("Train step", machine_summary(), header, rows,
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
-                  f"{args.steps} --flip_bn {args.flip_bn}`; mean over {args.steps} steps "
+                  f"{args.steps} --flip_bn {args.flip_bn} --augment {args.augment}`; mean over "
+                  f"{args.steps} steps "
                   f"after {args.warmup} warm-up "
                   "steps; dispatch: median time for ferjax's step call to return (the host's "
                   "share); PyTorch fp32 eager on CPU, AMP bf16 + channels_last on CUDA.")
