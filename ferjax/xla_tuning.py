@@ -6,8 +6,8 @@ slower here than XLA's Eigen convolutions (56x56x64 3x3 forward 28 -> 16 ms, wei
 gradient 100 -> 29 ms); removing that one fusion type took the ResNet-18 step from 7.4 to
 12.8 images/s. On a 2-core AMD EPYC (AVX-512), preferring 512-bit vectors took the same step
 (224 px, batch 16) from 754-797 to 730-772 ms and mek's from 1,525-1,643 to 1,504-1,557 ms
-(three alternating runs each). The flags only exist in the jaxlib versions listed, and an unknown XLA flag
-aborts the process, so other versions are left alone.
+(three alternating runs each). The flags only exist in the jaxlib versions listed, and an
+unknown XLA flag aborts the process, so other versions are left alone.
 
 Set FERJAX_XLA_TUNING=0 to turn this off. Flags already in XLA_FLAGS are never overridden.
 Machines with a GPU or TPU plugin installed are left alone too (their XLA builds parse

@@ -65,12 +65,12 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     A CPU convolution whose input map is larger than CPU_CONV_CHUNK_BYTES runs over slices
     of the batch (see `cpu_batch_chunk`).
     """
+    on_cpu = jax.default_backend() == "cpu" and lhs.ndim == 4
+    dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     plain = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-    if (jax.default_backend() == "cpu" and lhs.ndim == 4 and plain
-            and feature_group_count == 1 and not isinstance(padding, str)
-            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                               dimension_numbers) == nhwc
+    if (on_cpu and plain and feature_group_count == 1 and not isinstance(padding, str)
+            and dims == nhwc
             and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
 
@@ -79,8 +79,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
                                             rhs_dilation, dimension_numbers,
                                             feature_group_count, precision=precision, **kwargs)
 
-    if jax.default_backend() == "cpu" and lhs.ndim == 4:
-        dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if on_cpu:
         batch_axis, out_batch_axis = dims.lhs_spec[0], dims.out_spec[0]
         batch = lhs.shape[batch_axis]
         chunk = cpu_batch_chunk(lhs.shape, batch_axis, lhs.dtype.itemsize)
