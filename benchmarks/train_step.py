@@ -7,13 +7,18 @@ Both sides run the same architecture, loss, optimizer and batch size on the same
 one invocation. ferjax's step includes its on-device augmentation (the PyTorch step gets
 ready tensors, as from a DataLoader), so the comparison does not favour ferjax;
 `--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
-PyTorch step uses AMP (bf16 autocast) and channels_last. Results are appended to
+PyTorch step uses AMP (bf16 autocast) and channels_last. The PyTorch step runs in a child
+process with glibc's default malloc, as a PyTorch user runs it; `--torch_malloc ferjax`
+gives it ferjax's malloc settings (`ferjax.malloc_tuning`) too. Results are appended to
 benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -134,6 +139,21 @@ def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int
     return (time.perf_counter() - start) / steps
 
 
+def torch_step_time_in_child(preset: str, batch: int, image: int, steps: int, warmup: int,
+                              flip_bn: str, malloc: str) -> float:
+    """torch_step_time in a fresh Python process: glibc's default malloc ('default') or
+    ferjax's malloc settings ('ferjax'), whatever this process has."""
+    code = ("import ferjax; " if malloc == "ferjax" else "") + (
+        "from benchmarks.train_step import torch_step_time; "
+        f"print(torch_step_time({preset!r}, {batch}, {image}, {steps}, {warmup}, {flip_bn!r}))")
+    env = dict(os.environ, FERJAX_MALLOC_TUNING="1" if malloc == "ferjax" else "0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
@@ -148,18 +168,23 @@ def main(argv=None) -> None:
     parser.add_argument("--augment", default="preset", choices=["preset", "normalize"],
                         help="ferjax's on-device augmentation: the preset's ops, or only the "
                              "normalisation (like for like with the PyTorch step)")
+    parser.add_argument("--torch_malloc", default="default", choices=["default", "ferjax"],
+                        help="the PyTorch process's malloc: glibc's default, or with ferjax's "
+                             "settings")
     args = parser.parse_args(argv)
     rows = []
     for preset in args.presets.split(","):
         t_jax, t_dispatch = ferjax_step_time(preset, args.batch, args.image, args.dtype,
                                              args.steps, args.warmup, args.flip_bn,
                                              args.augment)
-        t_torch = None if args.no_torch else torch_step_time(preset, args.batch, args.image,
-                                                             args.steps, args.warmup,
-                                                             args.flip_bn)
+        t_torch = None if args.no_torch else torch_step_time_in_child(
+            preset, args.batch, args.image, args.steps, args.warmup, args.flip_bn,
+            args.torch_malloc)
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
         if args.augment != "preset":
             name += f", augment={args.augment}"
+        if args.torch_malloc != "default":
+            name += f", PyTorch malloc={args.torch_malloc}"
         row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
                f"{args.batch / t_jax:.1f} | {1e3 * t_dispatch:.1f} | "
                + (f"{args.batch / t_torch:.1f} | {t_torch / t_jax:.2f} |" if t_torch else
@@ -171,10 +196,12 @@ def main(argv=None) -> None:
     append_result("Train step", machine_summary(), header, rows,
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
-                  f"{args.steps} --flip_bn {args.flip_bn} --augment {args.augment}`; mean over "
+                  f"{args.steps} --warmup {args.warmup} --flip_bn {args.flip_bn} --augment "
+                  f"{args.augment} --torch_malloc {args.torch_malloc}`; mean over "
                   f"{args.steps} steps after {args.warmup} warm-up steps; dispatch: median "
                   "time for ferjax's step call to return (the host's share); PyTorch fp32 "
-                  "eager on CPU, AMP bf16 + channels_last on CUDA.")
+                  "eager on CPU, AMP bf16 + channels_last on CUDA, in a child process with "
+                  f"{args.torch_malloc} malloc settings.")
 
 
 if __name__ == "__main__":
