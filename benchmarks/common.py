@@ -28,6 +28,8 @@ def machine_summary() -> str:
     parts = [f"{cpu_model()}, {os.cpu_count()} CPU cores",
              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}",
              f"python {platform.python_version()}", f"jax {jax.__version__}"]
+    import ferjax
+    parts.append("ferjax malloc tuning: " + ("+".join(ferjax.malloc_settings) or "off"))
     if os.environ.get("XLA_FLAGS"):
         parts.append(f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'")
     try:

@@ -38,7 +38,7 @@ def make_jpegs(root: pathlib.Path, count: int) -> list[tuple[str, int]]:
 
 
 def ferjax_rate(data_dir: str, manual_dir: str, batch: int, size: int, workers: int,
-                batches: int) -> float:
+                batches: int, warmup: int) -> float:
     from absl import flags
     flags.FLAGS.mark_as_parsed()
     from ferjax.data import build, pipeline
@@ -48,7 +48,8 @@ def ferjax_rate(data_dir: str, manual_dir: str, batch: int, size: int, workers: 
     data = pipeline.train_dataset(split.source, split.labels, global_batch_size=batch,
                                   image_size=size, num_workers=workers, seed=0)
     it = iter(data.dataset)
-    next(it)  # start-up (worker spawn) is not throughput
+    for _ in range(warmup):  # start-up (worker spawn, filling the prefetch) is not throughput
+        next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -77,16 +78,17 @@ class JpegDataset:
         return torch.from_numpy(x.transpose(2, 0, 1).copy()), label
 
 
-def torch_rate(files, batch: int, size: int, workers: int, batches: int) -> float:
+def torch_rate(files, batch: int, size: int, workers: int, batches: int,
+               warmup: int) -> float:
     import torch
     loader = torch.utils.data.DataLoader(JpegDataset(files, size), batch_size=batch,
                                          shuffle=True, num_workers=workers, drop_last=True,
                                          persistent_workers=workers > 0)
     it = iter(loader)
-    next(it)
-    start = time.perf_counter()
-    done = 0
+    start, done = None, -warmup
     while done < batches:
+        if done == 0 and start is None:
+            start = time.perf_counter()
         try:
             next(it)
         except StopIteration:
@@ -102,16 +104,19 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batches", type=int, default=150,
+                        help="timed batches; a short window mostly reads the workers' "
+                             "prefetched batches")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed batches first")
     parser.add_argument("--no_torch", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         files = make_jpegs(tmp / "jpegs", args.images)
         ours = ferjax_rate(str(tmp / "tfds"), str(tmp / "jpegs"), args.batch, args.size,
-                           args.workers, args.batches)
+                           args.workers, args.batches, args.warmup)
         theirs = None if args.no_torch else torch_rate(files, args.batch, args.size,
-                                                       args.workers, args.batches)
+                                                       args.workers, args.batches, args.warmup)
     row = (f"| {args.size} | {args.batch} | {args.workers} | {ours:.0f} | "
            + (f"{theirs:.0f} | {ours / theirs:.2f} |" if theirs else "— | — |"))
     print(row)
@@ -120,8 +125,9 @@ def main(argv=None) -> None:
                   "| out px | batch | workers | ferjax img/s | DataLoader img/s | ratio |\n"
                   "|---|---|---|---|---|---|", [row],
                   f"`python -m benchmarks.input_pipeline --images {args.images} --workers "
-                  f"{args.workers} --size {args.size}`; {args.batches} batches after the "
-                  "first; grain over ArrayRecord (JPEG bytes as stored by the image_folder "
+                  f"{args.workers} --size {args.size} --batches {args.batches} --warmup "
+                  f"{args.warmup}`; {args.batches} batches after {args.warmup} untimed "
+                  "ones; grain over ArrayRecord (JPEG bytes as stored by the image_folder "
                   "builder) vs torch DataLoader with PIL over the same JPEG files.")
 
 

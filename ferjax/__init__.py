@@ -3,5 +3,6 @@
 from ferjax import malloc_tuning as _malloc_tuning
 from ferjax import xla_tuning as _xla_tuning
 
-_malloc_tuning.apply()
+# The mallopt settings in force (empty when off), for benchmark records.
+malloc_settings = _malloc_tuning.apply()
 _xla_tuning.apply()
