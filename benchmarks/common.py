@@ -7,7 +7,7 @@ import os
 import pathlib
 import platform
 
-import ferjax  # noqa: F401  (sets ferjax's XLA:CPU flags before any benchmark starts JAX)
+import ferjax  # (sets ferjax's XLA:CPU flags before any benchmark starts JAX)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -28,7 +28,6 @@ def machine_summary() -> str:
     parts = [f"{cpu_model()}, {os.cpu_count()} CPU cores",
              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}",
              f"python {platform.python_version()}", f"jax {jax.__version__}"]
-    import ferjax
     parts.append("ferjax malloc tuning: " + ("+".join(ferjax.malloc_settings) or "off"))
     if os.environ.get("XLA_FLAGS"):
         parts.append(f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'")
