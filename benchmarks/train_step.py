@@ -9,8 +9,10 @@ ready tensors, as from a DataLoader), so the comparison does not favour ferjax;
 `--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
 PyTorch step uses AMP (bf16 autocast) and channels_last. The PyTorch step runs in a child
 process with glibc's default malloc, as a PyTorch user runs it; `--torch_malloc ferjax`
-gives it ferjax's malloc settings (`ferjax.malloc_tuning`) too. Results are appended to
-benchmarks/RESULTS.md.
+gives it ferjax's malloc settings (`ferjax.malloc_tuning`) too. The two sides take turns
+in `--rounds` rounds (one idles on a pipe while the other runs), and the ratio is the
+median of the rounds' ratios: a ratio from one stretch of time, on machines whose speed
+drifts. Results are appended to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from benchmarks.common import append_result, machine_summary
 PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
 
-def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int,
-                     warmup: int, flip_bn: str = "joint",
-                     augment: str = "preset") -> tuple[float, float]:
-    """(seconds per step with steps queued back to back, median seconds until a step call
-    returns: the host's dispatch time, which a fast accelerator step cannot hide)"""
+def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
+                   flip_bn: str = "joint", augment: str = "preset"):
+    """Builds and warms up the preset's jitted step; returns `time_steps(n)`, seconds per
+    step with n steps queued back to back, and `dispatch_time(n)`, the median seconds until
+    a step call returns (the host's share, which a fast accelerator step cannot hide)."""
     import pathlib
 
     import jax
@@ -77,22 +79,30 @@ def ferjax_step_time(preset: str, batch: int, image: int, dtype: str, steps: int
         # hold more memory at once (rul_cbam: 3.8 GB against 2.4 blocked), and the heap's
         # first growth to that peak page-faults (44,000 faults and +25 % a step, once).
         jax.block_until_ready([run(i) for i in range(warmup)])
-        start = time.perf_counter()
-        for i in range(steps):
-            out = run(i)
-        jax.block_until_ready(out)
-        per_step = (time.perf_counter() - start) / steps
-        dispatch = []
-        for i in range(steps):
+
+    def time_steps(steps: int) -> float:
+        with jax.set_mesh(mesh):
             start = time.perf_counter()
-            out = run(i)
-            dispatch.append(time.perf_counter() - start)
+            for i in range(steps):
+                out = run(i)
             jax.block_until_ready(out)
-        return per_step, float(np.median(dispatch))
+        return (time.perf_counter() - start) / steps
+
+    def dispatch_time(steps: int) -> float:
+        with jax.set_mesh(mesh):
+            dispatch = []
+            for i in range(steps):
+                start = time.perf_counter()
+                out = run(i)
+                dispatch.append(time.perf_counter() - start)
+                jax.block_until_ready(out)
+        return float(np.median(dispatch))
+
+    return time_steps, dispatch_time
 
 
-def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int,
-                    flip_bn: str = "joint") -> float:
+def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str = "joint"):
+    """The same step in PyTorch, warmed up; returns `time_steps(n)`: seconds per step."""
     import torch
 
     from benchmarks import torch_reference as R
@@ -132,29 +142,60 @@ def torch_step_time(preset: str, batch: int, image: int, steps: int, warmup: int
     model.train()
     for _ in range(warmup):
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+
+    def time_steps(steps: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
+
+    return time_steps
 
 
-def torch_step_time_in_child(preset: str, batch: int, image: int, steps: int, warmup: int,
-                              flip_bn: str, malloc: str) -> float:
-    """torch_step_time in a fresh Python process: glibc's default malloc ('default') or
-    ferjax's malloc settings ('ferjax'), whatever this process has."""
-    code = ("import ferjax; " if malloc == "ferjax" else "") + (
-        "from benchmarks.train_step import torch_step_time; "
-        f"print(torch_step_time({preset!r}, {batch}, {image}, {steps}, {warmup}, {flip_bn!r}))")
-    env = dict(os.environ, FERJAX_MALLOC_TUNING="1" if malloc == "ferjax" else "0")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                         capture_output=True, text=True)
-    return float(out.stdout.split()[-1])
+def serve_torch_steps(preset: str, batch: int, image: int, warmup: int, flip_bn: str) -> None:
+    """The child's side of TorchChild: a warmed-up step, then one timing per stdin line."""
+    time_steps = torch_stepper(preset, batch, image, warmup, flip_bn)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(f"seconds {time_steps(int(line))!r}", flush=True)
+
+
+class TorchChild:
+    """The PyTorch step in its own Python process, kept alive so that its timings can
+    alternate with ferjax's: glibc's default malloc ('default') or ferjax's malloc settings
+    ('ferjax'), whatever this process has. Idle between requests (blocked on a pipe)."""
+
+    def __init__(self, preset: str, batch: int, image: int, warmup: int, flip_bn: str,
+                 malloc: str):
+        code = ("import ferjax; " if malloc == "ferjax" else "") + (
+            "from benchmarks.train_step import serve_torch_steps; "
+            f"serve_torch_steps({preset!r}, {batch}, {image}, {warmup}, {flip_bn!r})")
+        env = dict(os.environ, FERJAX_MALLOC_TUNING="1" if malloc == "ferjax" else "0")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._expect("ready")
+
+    def _expect(self, word: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(word):
+                return line
+        raise RuntimeError(f"the PyTorch benchmark process exited ({self.proc.wait()}) "
+                           "before it answered; its error is above")
+
+    def time_steps(self, steps: int) -> float:
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return float(self._expect("seconds").split()[1])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv=None) -> None:
@@ -163,7 +204,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps a round, each side")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, alternating ferjax and PyTorch")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps before the timed ones, queued like them "
                              "(default: --steps)")
@@ -181,34 +224,49 @@ def main(argv=None) -> None:
         args.warmup = args.steps
     rows = []
     for preset in args.presets.split(","):
-        t_jax, t_dispatch = ferjax_step_time(preset, args.batch, args.image, args.dtype,
-                                             args.steps, args.warmup, args.flip_bn,
-                                             args.augment)
-        t_torch = None if args.no_torch else torch_step_time_in_child(
-            preset, args.batch, args.image, args.steps, args.warmup, args.flip_bn,
-            args.torch_malloc)
+        # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
+        # then alternating rounds, so that both sides sample the same stretch of a machine
+        # whose speed drifts by up to 20 % over minutes.
+        time_jax, dispatch_time = ferjax_stepper(preset, args.batch, args.image, args.dtype,
+                                                 args.warmup, args.flip_bn, args.augment)
+        child = None if args.no_torch else TorchChild(
+            preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc)
+        t_jax, t_torch = [], []
+        for _ in range(args.rounds):
+            t_jax.append(time_jax(args.steps))
+            if child is not None:
+                t_torch.append(child.time_steps(args.steps))
+        if child is not None:
+            child.close()
+        t_dispatch = dispatch_time(args.steps)
+        del time_jax, dispatch_time
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
         if args.augment != "preset":
             name += f", augment={args.augment}"
         if args.torch_malloc != "default":
             name += f", PyTorch malloc={args.torch_malloc}"
+        ratios = [t / j for t, j in zip(t_torch, t_jax)]
         row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
-               f"{args.batch / t_jax:.1f} | {1e3 * t_dispatch:.1f} | "
-               + (f"{args.batch / t_torch:.1f} | {t_torch / t_jax:.2f} |" if t_torch else
-                  "— | — |"))
+               f"{args.batch / np.median(t_jax):.1f} | {1e3 * t_dispatch:.1f} | "
+               + (f"{args.batch / np.median(t_torch):.1f} | {np.median(ratios):.2f} | "
+                  + " / ".join(f"{r:.2f}" for r in ratios) + " |" if ratios else
+                  "— | — | — |"))
         print(row, flush=True)
         rows.append(row)
     header = ("| preset | batch | px | ferjax dtype | ferjax img/s | ferjax dispatch ms | "
-              "PyTorch img/s | ferjax/PyTorch |\n|---|---|---|---|---|---|---|---|")
+              "PyTorch img/s | ferjax/PyTorch | per round |\n"
+              "|---|---|---|---|---|---|---|---|---|")
     append_result("Train step", machine_summary(), header, rows,
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
-                  f"{args.steps} --warmup {args.warmup} --flip_bn {args.flip_bn} --augment "
-                  f"{args.augment} --torch_malloc {args.torch_malloc}`; mean over "
-                  f"{args.steps} queued steps after a compile step and {args.warmup} queued "
-                  "warm-up steps; dispatch: median "
-                  "time for ferjax's step call to return (the host's share); PyTorch fp32 "
-                  "eager on CPU, AMP bf16 + channels_last on CUDA, in a child process with "
+                  f"{args.steps} --rounds {args.rounds} --warmup {args.warmup} --flip_bn "
+                  f"{args.flip_bn} --augment {args.augment} --torch_malloc "
+                  f"{args.torch_malloc}`; {args.rounds} alternating rounds of {args.steps} "
+                  f"steps a side after a compile step and {args.warmup} warm-up steps; "
+                  "ferjax's steps queued, one wait a round; img/s: median over rounds; "
+                  "ratio: median of the rounds' ratios; dispatch: median time for ferjax's "
+                  "step call to return (the host's share); PyTorch fp32 eager on CPU, AMP "
+                  "bf16 + channels_last on CUDA, in its own process with "
                   f"{args.torch_malloc} malloc settings.")
 
 
