@@ -11,7 +11,7 @@ from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, max_along, valid_sa_groups
 from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, _smaller_than_kernel,
                                   channel_shuffle, conv_general_dilated, cpu_batch_chunk,
-                                  max_pool_3x3_s2)
+                                  fusion_fence, max_pool_3x3_s2)
 from ferjax.models import layers
 from ferjax.models.layers import conv as conv_layer
 
@@ -226,6 +226,20 @@ def test_cpu_max_pool_matches_the_native_pool_and_routes_ties_like_torch(size):
     grad = jax.grad(lambda v: jnp.sum(max_pool_3x3_s2(v)))(ones)
     np.testing.assert_array_equal(grad[0, :, :, 0], [[1, 1, 0, 0], [1, 1, 0, 0],
                                                       [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_fusion_fence_returns_its_operands_and_keeps_a_boundary_in_the_compiled_step():
+    a = jnp.arange(12.0).reshape(3, 4) - 5.0
+    b = (jnp.ones(2), jnp.array([-0.0, 7.0]))
+    out = jax.jit(fusion_fence)({"a": a, "b": b})
+    np.testing.assert_array_equal(out["a"], a)
+    np.testing.assert_array_equal(out["b"][1], b[1])
+    with_nan = a.at[0, 0].set(jnp.nan)             # the other branch: same values
+    np.testing.assert_array_equal(jax.jit(fusion_fence)(with_nan), with_nan)
+    # What it is for: XLA:CPU must still see a conditional between producer and consumer
+    # (it drops optimization barriers); if a new XLA folds it away, this says so.
+    hlo = jax.jit(lambda v: jnp.sin(fusion_fence(jnp.cos(v) * 3.0))).lower(a).compile()
+    assert "conditional(" in hlo.as_text()
 
 
 @pytest.mark.parametrize("kernel,stride,size", [(3, 1, 8), (5, 1, 7), (5, 2, 8), (3, 2, 9)])

@@ -225,6 +225,19 @@ def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
                          use_scale=affine, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
+def fusion_fence(tree):
+    """The same arrays, computed before anything that reads them (XLA:CPU).
+
+    XLA:CPU drops `lax.optimization_barrier` before fusion, so a cheap-looking producer can
+    still be fused into a consumer that reads each element many times, and recomputed each
+    time. A conditional is a boundary fusion does not cross; its predicate reads the data,
+    so it cannot be folded away, and both branches return the operands unchanged.
+    """
+    leaves = jax.tree.leaves(tree)
+    probe = jnp.isnan(leaves[0].reshape(-1)[0])
+    return jax.lax.cond(probe, lambda t: jax.tree.map(lambda a: a + 0, t), lambda t: t, tree)
+
+
 def max_pool_3x3_s2(x: Array) -> Array:
     """torch `MaxPool2d(3, stride=2, padding=1)`: padding never wins the max.
 
@@ -249,6 +262,11 @@ def _strided_max_pool_fwd(x: Array):
 
 def _strided_max_pool_bwd(residuals, g: Array):
     padded, out = residuals
+    # Materialise g and the pooled max first. Otherwise XLA fuses whatever computed them
+    # into this loop and recomputes it for every window that reads them: after ShuffleNet's
+    # depthwise backward (a 25-term shifted sum, two branches) that one fusion took 195 ms
+    # of rlrcnet's 670 ms step at 224 px (benchmarks/RESULTS.md).
+    g, out = fusion_fence((g, out))
     h_out, w_out = out.shape[1:3]
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(padded.shape, g.dtype)
