@@ -49,3 +49,49 @@ def append_result(title: str, machine: str, header: str, rows: list[str], how: s
     with open(RESULTS, "a") as f:
         f.write(f"\n### {title} — {stamp}\n\nMachine: {machine}.\n\n{header}\n")
         f.write("\n".join(rows) + "\n\n" + how + "\n")
+
+
+# Dense (no sparsity) bf16 peak of one device in FLOP/s, from the vendors' data sheets, by
+# a piece of JAX's device_kind; the first piece found wins, so specific names come first.
+BF16_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+    ("H800", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
+    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
+)
+
+
+def bf16_peak_flops(device_kind: str) -> float | None:
+    """The device's dense bf16 peak FLOP/s, or None for a device not in BF16_PEAK_FLOPS."""
+    for piece, flops in BF16_PEAK_FLOPS:
+        if piece.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs one device runs per call of a compiled (partitioned) jax function, from XLA's
+    cost analysis; None where the backend gives none. Convolutions and dots count two
+    FLOPs per multiply-add, as in model FLOPs utilisation."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # one dict per program in older jax
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def compiled_buffer_bytes(compiled) -> int | None:
+    """Bytes of device memory XLA assigned to one call: arguments, outputs not aliased to
+    (donated) arguments, and temporaries; None where the backend gives no analysis."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def device_peak_bytes(device) -> int | None:
+    """The allocator's peak bytes in use on `device` so far in this process (GPU, TPU);
+    None on backends without memory statistics (CPU)."""
+    stats = device.memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None

@@ -50,25 +50,47 @@ def main(argv=None) -> None:
         from ferjax.data import sources
         sources.prepared_builder(config.data)  # build outside the timed region
         steps = 12271 // args.batch
+        workdir = pathlib.Path(tmp) / "run"
         times = []
         for epoch in (1, 2):
             config.train.num_steps = epoch * steps
             start = time.perf_counter()
-            result = train.train_and_evaluate(config, str(pathlib.Path(tmp) / "run"))
+            result = train.train_and_evaluate(config, str(workdir))
             times.append(time.perf_counter() - start)
             print(json.dumps({"epoch": epoch, "seconds": times[-1],
                               "mean_class_accuracy": result["mean_class_accuracy"]["last"]}))
+        wait = input_wait_share(workdir / "metrics.jsonl", after_step=steps)
     row = (f"| {args.preset} | {args.image} | {args.batch} | {args.dtype} | {steps} | "
-           f"{times[0]:.1f} | {times[1]:.1f} |")
+           f"{times[0]:.1f} | {times[1]:.1f} | {100 * wait:.1f} |")
     append_result("Epoch on RAF-DB-sized synthetic (12,271 images)", machine_summary(),
                   "| preset | px | batch | dtype | steps | epoch 1 s (with compile) | "
-                  "epoch 2 s (resumed) |\n|---|---|---|---|---|---|---|", [row],
+                  "epoch 2 s (resumed) | input wait % (epoch 2) |\n"
+                  "|---|---|---|---|---|---|---|---|", [row],
                   f"`python -m benchmarks.epoch --preset {args.preset} --image {args.image} "
                   f"--batch {args.batch} --dtype {args.dtype}`; wall time of "
                   "train_and_evaluate for one epoch including evaluation on 3,067 test "
                   "images; epoch 2 restarts the process state (restore + compile) as a "
-                  "resumed run does.")
+                  "resumed run does; input wait: the share of epoch 2's training time the "
+                  "loop spent waiting for batches (train/input_wait_fraction), an upper "
+                  "bound on the device's idle time for want of input.")
 
 
-if __name__ == "__main__":
-    main()
+def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
+    """The share of training time after `after_step` that the loop spent waiting for
+    batches: train/input_wait_fraction of each log window, weighted by the window's
+    seconds (its steps / train/steps_per_second), leaving out the first window after
+    `after_step`, which holds the resumed run's compilation."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines()]
+    rows = [r for r in rows if "train/input_wait_fraction" in r]
+    waited = seconds = 0.0
+    previous_step = 0
+    for r in rows:
+        if previous_step > after_step:
+            window = (r["step"] - previous_step) / r["train/steps_per_second"]
+            waited += window * r["train/input_wait_fraction"]
+            seconds += window
+        previous_step = r["step"]
+    if not seconds:
+        raise ValueError(f"{metrics_jsonl} has no train/input_wait_fraction after step "
+                         f"{after_step}")
+    return waited / seconds

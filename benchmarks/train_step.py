@@ -12,7 +12,10 @@ process with glibc's default malloc, as a PyTorch user runs it; `--torch_malloc 
 gives it ferjax's malloc settings (`ferjax.malloc_tuning`) too. The two sides take turns
 in `--rounds` rounds (one idles on a pipe while the other runs), and the ratio is the
 median of the rounds' ratios: a ratio from one stretch of time, on machines whose speed
-drifts. Results are appended to benchmarks/RESULTS.md.
+drifts. Each row also gives the step's FLOPs rate (XLA's cost analysis of the compiled
+step), its model FLOPs utilisation against the device's dense bf16 peak (known GPUs and
+TPUs, or `--peak_tflops`), the memory XLA assigned to the step, and on GPU/TPU the
+allocator's peak. Results are appended to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import append_result, machine_summary
+from benchmarks.common import (append_result, bf16_peak_flops, compiled_buffer_bytes,
+                               compiled_flops, device_peak_bytes, machine_summary)
 
 PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
@@ -33,8 +37,9 @@ PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
                    flip_bn: str = "joint", augment: str = "preset"):
     """Builds and warms up the preset's jitted step; returns `time_steps(n)`, seconds per
-    step with n steps queued back to back, and `dispatch_time(n)`, the median seconds until
-    a step call returns (the host's share, which a fast accelerator step cannot hide)."""
+    step with n steps queued back to back, `dispatch_time(n)`, the median seconds until
+    a step call returns (the host's share, which a fast accelerator step cannot hide), and
+    the compiled step (for its cost and memory analyses)."""
     import pathlib
 
     import jax
@@ -75,6 +80,9 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
             return out
 
         jax.block_until_ready(run(0))   # compiles
+        # The executable jit just built (its cache answers; nothing is compiled again).
+        compiled = step_fn.lower(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,
+                                 weights).compile()
         # Warm up in the timed pattern (steps queued, one wait at the end): queued steps
         # hold more memory at once (rul_cbam: 3.8 GB against 2.4 blocked), and the heap's
         # first growth to that peak page-faults (44,000 faults and +25 % a step, once).
@@ -98,7 +106,23 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
                 jax.block_until_ready(out)
         return float(np.median(dispatch))
 
-    return time_steps, dispatch_time
+    return time_steps, dispatch_time, compiled
+
+
+def step_usage(compiled, seconds_per_step: float, peak_tflops: float | None) -> str:
+    """Table cells 'TFLOP/s | MFU | step buffers GiB | device peak GiB' of a compiled step
+    that took `seconds_per_step`; '—' where the backend or the peak is unknown."""
+    import jax
+
+    device = jax.local_devices()[0]
+    flops = compiled_flops(compiled)
+    peak = peak_tflops * 1e12 if peak_tflops else bf16_peak_flops(device.device_kind)
+    buffers, device_peak = compiled_buffer_bytes(compiled), device_peak_bytes(device)
+    cells = [f"{flops / seconds_per_step / 1e12:.3f}" if flops else "—",
+             f"{100 * flops / seconds_per_step / peak:.1f} %" if flops and peak else "—",
+             f"{buffers / 2**30:.2f}" if buffers else "—",
+             f"{device_peak / 2**30:.2f}" if device_peak else "—"]
+    return " | ".join(cells)
 
 
 def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str = "joint"):
@@ -219,6 +243,9 @@ def main(argv=None) -> None:
     parser.add_argument("--torch_malloc", default="default", choices=["default", "ferjax"],
                         help="the PyTorch process's malloc: glibc's default, or with ferjax's "
                              "settings")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the device's dense bf16 peak in TFLOP/s, for MFU on a device "
+                             "benchmarks.common.BF16_PEAK_FLOPS does not list")
     args = parser.parse_args(argv)
     # On a GPU the PyTorch process runs while this one is alive; JAX's default 75 %
     # preallocation would leave it a quarter of the device. Read when JAX first uses it.
@@ -230,8 +257,8 @@ def main(argv=None) -> None:
         # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
         # then alternating rounds, so that both sides sample the same stretch of a machine
         # whose speed drifts by up to 20 % over minutes.
-        time_jax, dispatch_time = ferjax_stepper(preset, args.batch, args.image, args.dtype,
-                                                 args.warmup, args.flip_bn, args.augment)
+        time_jax, dispatch_time, compiled = ferjax_stepper(
+            preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment)
         child = None if args.no_torch else TorchChild(
             preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc)
         t_jax, t_torch = [], []
@@ -242,7 +269,8 @@ def main(argv=None) -> None:
         if child is not None:
             child.close()
         t_dispatch = dispatch_time(args.steps)
-        del time_jax, dispatch_time
+        usage = step_usage(compiled, float(np.median(t_jax)), args.peak_tflops)
+        del time_jax, dispatch_time, compiled
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
         if args.augment != "preset":
             name += f", augment={args.augment}"
@@ -250,26 +278,33 @@ def main(argv=None) -> None:
             name += f", PyTorch malloc={args.torch_malloc}"
         ratios = [t / j for t, j in zip(t_torch, t_jax)]
         row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
-               f"{args.batch / np.median(t_jax):.1f} | {1e3 * t_dispatch:.1f} | "
+               f"{args.batch / np.median(t_jax):.1f} | {1e3 * t_dispatch:.1f} | {usage} | "
                + (f"{args.batch / np.median(t_torch):.1f} | {np.median(ratios):.2f} | "
                   + " / ".join(f"{r:.2f}" for r in ratios) + " |" if ratios else
                   "— | — | — |"))
         print(row, flush=True)
         rows.append(row)
     header = ("| preset | batch | px | ferjax dtype | ferjax img/s | ferjax dispatch ms | "
+              "ferjax TFLOP/s | MFU | step buffers GiB | device peak GiB | "
               "PyTorch img/s | ferjax/PyTorch | per round |\n"
-              "|---|---|---|---|---|---|---|---|---|")
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     append_result("Train step", machine_summary(), header, rows,
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
                   f"{args.steps} --rounds {args.rounds} --warmup {args.warmup} --flip_bn "
                   f"{args.flip_bn} --augment {args.augment} --torch_malloc "
-                  f"{args.torch_malloc}`; {args.rounds} alternating rounds of {args.steps} "
+                  f"{args.torch_malloc}"
+                  + (f" --peak_tflops {args.peak_tflops:g}" if args.peak_tflops else "")
+                  + f"`; {args.rounds} alternating rounds of {args.steps} "
                   f"steps a side after a compile step and {args.warmup} warm-up steps; "
                   "ferjax's steps queued, one wait a round; img/s: median over rounds; "
                   "ratio: median of the rounds' ratios; dispatch: median time for ferjax's "
-                  "step call to return (the host's share); PyTorch fp32 eager on CPU, AMP "
-                  "bf16 + channels_last on CUDA, in its own process with "
+                  "step call to return (the host's share); TFLOP/s: XLA's count of the "
+                  "compiled step's FLOPs (one device) over its median time; MFU: that over "
+                  "the device's dense bf16 peak; step buffers: arguments + unaliased outputs "
+                  "+ temporaries XLA assigned to one step; device peak: the allocator's peak "
+                  "so far in this process (presets in the order given); PyTorch fp32 "
+                  "eager on CPU, AMP bf16 + channels_last on CUDA, in its own process with "
                   f"{args.torch_malloc} malloc settings.")
 
 

@@ -376,28 +376,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_cm = None
     step = start_step
     t_log = time.time()
+    # Seconds the loop waited for batches this log window. The device can only starve for
+    # input while the host waits here, so its share of the window bounds that idle time.
+    input_wait = 0.0
 
     def save(at_step):
         ckpt.save(at_step, model, optimizer, train_iter)
 
     def flush_train_metrics(at_step):
-        nonlocal pending, t_log
+        nonlocal pending, t_log, input_wait
         if not pending:
             return
         fetched = jax.device_get(pending)
+        window = max(time.time() - t_log, 1e-9)
         for i, m in enumerate(fetched):
             if not bool(m["finite"]):
                 nonfinite_steps.append(at_step - len(fetched) + i + 1)
         means = {k: float(np.mean([m[k] for m in fetched if bool(m["finite"])] or [np.nan]))
                  for k in fetched[0] if k != "finite"}
-        rate = len(fetched) / max(time.time() - t_log, 1e-9)
+        rate = len(fetched) / window
         means.update(lr=current_lr(config.optim, at_step, steps_per_epoch, total_steps),
                      steps_per_second=rate,
-                     images_per_second=rate * config.train.batch_size)
+                     images_per_second=rate * config.train.batch_size,
+                     input_wait_fraction=min(input_wait / window, 1.0))
         writer.write_scalars(at_step, {f"train/{k}": v for k, v in means.items()})
         if bar is not None:
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['train_accuracy']:.3f}")
-        pending, t_log = [], time.time()
+        pending, t_log, input_wait = [], time.time(), 0.0
         if nonfinite_steps:
             first = nonfinite_steps[0]
             if config.train.on_nonfinite == "stop":
@@ -443,7 +448,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             while step < total_steps:
                 epoch = min(step // steps_per_epoch + 1, total_epochs)
                 alpha = cumulative_alpha(epoch, total_epochs, config.loss.bbn_alpha_rule)
+                waited_from = time.time()
                 batch = to_global(next(train_iter), data_sharding)
+                input_wait += time.time() - waited_from
                 state, metrics = train_step(state, batch, jnp.int32(step), base_key,
                                             jnp.float32(alpha), class_weights,
                                             rebalance_weights)
@@ -462,6 +469,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     run_eval(step)
                 if step % ckpt_every == 0 or step == total_steps or stop:
                     save(step)
+                if boundary:  # the next window's rate leaves out evaluation and saving
+                    t_log = time.time()
                 if stop:
                     log.warning("stopped at step %d after SIGTERM; rerun the same command to "
                                 "resume", step)

@@ -15,7 +15,8 @@ from ferjax import train
 from tests.test_train import _params, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("train/steps_per_second", "train/images_per_second")
+TIMING_KEYS = ("train/steps_per_second", "train/images_per_second",
+               "train/input_wait_fraction")
 
 
 @pytest.fixture(scope="module")

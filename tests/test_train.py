@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,15 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "rlrcnet"])
-def test_each_preset_trains_end_to_end(method, data_dir, tmp_path):
+def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     config = load_config(f"{method},smoke", data_dir)
+    fast_to_global = train.to_global
+
+    def slow_to_global(batch, sharding):  # an input pipeline slower than the tiny steps
+        time.sleep(0.3)
+        return fast_to_global(batch, sharding)
+
+    monkeypatch.setattr(train, "to_global", slow_to_global)
     result = train.train_and_evaluate(config, str(tmp_path))
     assert result["step"] == config.train.num_steps
     assert 0.0 <= result["mean_class_accuracy"]["last"] <= 1.0
@@ -44,6 +52,10 @@ def test_each_preset_trains_end_to_end(method, data_dir, tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in x and np.isfinite(x["train/loss"]) for x in lines)
+    # The first window holds the compilation; in the others the loop mostly waits for data.
+    waits = [x["train/input_wait_fraction"] for x in lines if "train/input_wait_fraction" in x]
+    assert len(waits) >= 3 and all(0.0 <= w <= 1.0 for w in waits)
+    assert waits[0] < 0.5 < max(waits[1:])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 

@@ -1,0 +1,61 @@
+"""The benchmarks' measuring helpers: FLOPs, memory, peaks and the input-wait share."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common
+from benchmarks.epoch import input_wait_share
+from benchmarks.train_step import step_usage
+
+
+@pytest.mark.parametrize("kind, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989),
+    ("NVIDIA A100-SXM4-40GB", 312), ("TPU v4", 275), ("TPU v5 lite", 197), ("TPU v5", 459),
+    ("TPU v6 lite", 918), ("cpu", None)])
+def test_bf16_peak_takes_the_most_specific_device_name(kind, tflops):
+    peak = common.bf16_peak_flops(kind)
+    assert (peak is None) if tflops is None else peak == tflops * 1e12
+
+
+def test_compiled_flops_count_two_per_multiply_add():
+    x, w = jnp.ones((32, 48)), jnp.ones((48, 80))
+    assert common.compiled_flops(jax.jit(jnp.matmul).lower(x, w).compile()) == 2 * 32 * 48 * 80
+    images, kernel = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 8))
+    conv = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
+        a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    flops = common.compiled_flops(conv.lower(images, kernel).compile())
+    assert flops == pytest.approx(2 * 2 * 8 * 8 * 8 * 3 * 3 * 3, rel=0.01)
+
+
+def test_compiled_buffers_count_a_donated_output_once():
+    x = jnp.ones((1024, 256))
+    plain = jax.jit(lambda a: a * 2).lower(x).compile()
+    donated = jax.jit(lambda a: a * 2, donate_argnums=0).lower(x).compile()
+    assert common.compiled_buffer_bytes(plain) >= 2 * x.nbytes
+    assert common.compiled_buffer_bytes(donated) == pytest.approx(x.nbytes, rel=0.05)
+
+
+def test_step_usage_cells():
+    n = 2048  # three 16 MiB matrices: 0.05 GiB of buffers
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((n, n)), jnp.ones((n, n))).compile()
+    flops = 2 * n ** 3
+    cells = step_usage(compiled, seconds_per_step=flops / 1e12, peak_tflops=4.0).split(" | ")
+    assert cells[:3] == ["1.000", "25.0 %", "0.05"]  # 1 TFLOP/s on a 4 TFLOP/s device
+    assert cells[3] == "—"                            # CPU: no allocator statistics
+    assert step_usage(compiled, 1.0, None).split(" | ")[1] == "—"  # CPU: peak unknown
+
+
+def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(tmp_path):
+    # (step, input wait fraction, steps/s): windows (4, 5] and (5, 7] last 1 s each,
+    # (7, 9] 2 s; the first window past step 4 holds the compilation and is left out.
+    rows = [(2, 0.1, 1.0), (4, 0.0, 2.0), (5, 0.9, 1.0), (7, 0.5, 2.0), (9, 0.2, 1.0)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "step": s, "train/input_wait_fraction": w, "train/steps_per_second": r,
+        "train/loss": 1.0}) for s, w, r in rows) + "\n" + json.dumps({"step": 9, "eval/x": 1}))
+    assert input_wait_share(path, after_step=4) == pytest.approx((0.5 * 1 + 0.2 * 2) / 3)
+    with pytest.raises(ValueError, match="metrics.jsonl"):
+        input_wait_share(path, after_step=9)
