@@ -94,3 +94,7 @@ def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
         raise ValueError(f"{metrics_jsonl} has no train/input_wait_fraction after step "
                          f"{after_step}")
     return waited / seconds
+
+
+if __name__ == "__main__":
+    main()

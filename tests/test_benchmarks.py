@@ -1,6 +1,9 @@
 """The benchmarks' measuring helpers: FLOPs, memory, peaks and the input-wait share."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,8 @@ import pytest
 from benchmarks import common
 from benchmarks.epoch import input_wait_share
 from benchmarks.train_step import step_usage
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind, tflops", [
@@ -59,3 +64,10 @@ def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(t
     assert input_wait_share(path, after_step=4) == pytest.approx((0.5 * 1 + 0.2 * 2) / 3)
     with pytest.raises(ValueError, match="metrics.jsonl"):
         input_wait_share(path, after_step=9)
+
+
+@pytest.mark.parametrize("name", ["train_step", "input_pipeline", "epoch", "scaling"])
+def test_each_benchmark_runs_as_a_module(name):
+    out = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr[-2000:]
