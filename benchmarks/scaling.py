@@ -31,7 +31,6 @@ def main(argv=None) -> None:
     # Only the CPU backend reads this; it must be set before JAX touches any backend.
     jax.config.update("jax_num_cpu_devices", 8)
     import jax.numpy as jnp
-    from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from benchmarks.common import append_result, machine_summary
@@ -55,12 +54,11 @@ def main(argv=None) -> None:
         mesh = train.make_mesh(jax.devices()[:n])
         model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 1000)
         with jax.set_mesh(mesh):
-            graphdef, state = nnx.split((model, optimizer))
-            step = train.make_train_step(recipe, graphdef)
+            step, state, write_back = train.make_train_step(recipe, model, optimizer)
             batch = train.to_global(host, NamedSharding(mesh, P("data")))
             extra = (jnp.float32(0.5), jnp.ones(7), jnp.ones(7))
             state, first = step(state, batch, jnp.int32(0), jax.random.key(0), *extra)
-            nnx.update((model, optimizer), state)
+            write_back(state)
             params = [np.asarray(x) for x in jax.tree.leaves(model_state(model))]
             if reference is None:
                 reference = (float(first["loss"]), params)

@@ -44,7 +44,6 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
 
     import jax
     import jax.numpy as jnp
-    from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ferjax import train
@@ -68,8 +67,7 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         host["label_rev"] = host["label"][::-1].copy()
     model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 10_000)
     with jax.set_mesh(mesh):
-        graphdef, state = nnx.split((model, optimizer))
-        step_fn = train.make_train_step(recipe, graphdef)
+        step_fn, state, _ = train.make_train_step(recipe, model, optimizer)
         gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
         key, weights = jax.random.key(0), jnp.ones(7)
 

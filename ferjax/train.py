@@ -134,29 +134,35 @@ def replicated_model_and_optimizer(config, mesh, num_classes: int, steps_per_epo
 
 # ----------------------------------------------------------------------------- steps
 
-def make_train_step(recipe: Recipe, graphdef: nnx.GraphDef):
-    """The jitted train step, a pure function of the split (model, optimizer) state:
+def make_train_step(recipe: Recipe, model, optimizer):
+    """The jitted train step, a pure function of the (model, optimizer) state:
 
-        graphdef, state = nnx.split((model, optimizer))
-        train_step = make_train_step(recipe, graphdef)
+        train_step, state, write_back = make_train_step(recipe, model, optimizer)
         state, metrics = train_step(state, batch, step, base_key, alpha, class_weights,
                                     rebalance_weights)
-        nnx.update((model, optimizer), state)  # before reading the objects again
+        write_back(state)  # before reading model or optimizer again
 
     It augments on device, runs forward, loss and update, and rolls the state back when the
-    loss or the gradient norm is not finite. `state` is donated. A `jax.jit` over the split
-    state rather than `nnx.jit` over the objects, because nnx.jit walks the object graph in
-    Python on every call: 9-10 ms of dispatch a step against 2.9 ms here (benchmarks/RESULTS.md),
-    time that a fast accelerator step cannot hide.
+    loss or the gradient norm is not finite. `state` is donated. It is the flat list of the
+    objects' arrays, and the step a `jax.jit` over it, because every call flattens its
+    arguments and rebuilds its outputs on the host before a fast accelerator step can start:
+    `nnx.jit` walks the object graph in Python (9-10 ms a call), and a split nnx State
+    rebuilds each of its Variables in Python (rul_cbam, about 700 of them: 11-12 ms against
+    7-8 ms for the flat list; benchmarks/RESULTS.md).
     """
+    graphdef, state = nnx.split((model, optimizer))
+    leaves, treedef = jax.tree.flatten(state)
 
-    def train_step(state, batch, step, base_key, alpha, class_weights, rebalance_weights):
-        model, optimizer = nnx.merge(graphdef, state)
+    def train_step(leaves, batch, step, base_key, alpha, class_weights, rebalance_weights):
+        model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
         metrics = _update(recipe, model, optimizer, batch, step, base_key, alpha,
                           class_weights, rebalance_weights)
-        return nnx.state((model, optimizer)), metrics
+        return jax.tree.leaves(nnx.state((model, optimizer))), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    def write_back(leaves) -> None:
+        nnx.update((model, optimizer), jax.tree.unflatten(treedef, leaves))
+
+    return jax.jit(train_step, donate_argnums=0), leaves, write_back
 
 
 def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, class_weights,
@@ -364,8 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              jax.device_count(), total_steps, steps_per_epoch,
              f"; resumed at step {start_step}" if start_step else "")
 
-    graphdef, state = nnx.split((model, optimizer))
-    train_step = make_train_step(recipe, graphdef)
+    train_step, state, write_back = make_train_step(recipe, model, optimizer)
     eval_step = make_eval_step(recipe, num_classes)
     base_key = jax.random.key(config.seed)
     class_weights = jnp.asarray(weights)
@@ -464,7 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % config.train.log_every_steps == 0 or boundary:
                     flush_train_metrics(step)
                 if boundary:  # evaluation and checkpoints read the objects
-                    nnx.update((model, optimizer), state)
+                    write_back(state)
                 if step % eval_every == 0 or step == total_steps:
                     run_eval(step)
                 if step % ckpt_every == 0 or step == total_steps or stop:

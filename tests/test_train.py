@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ferjax import train
@@ -95,12 +94,11 @@ def test_sharded_step_matches_single_device(data_dir):
         mesh = train.make_mesh(devices)
         model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
         with jax.set_mesh(mesh):
-            graphdef, state = nnx.split((model, optimizer))
-            step = train.make_train_step(recipe, graphdef)
+            step, state, write_back = train.make_train_step(recipe, model, optimizer)
             gbatch = train.to_global(batch, NamedSharding(mesh, P("data")))
             state, metrics = step(state, gbatch, jnp.int32(0), jax.random.key(0),
                                   jnp.float32(1.0), jnp.ones(7), jnp.ones(7))
-            nnx.update((model, optimizer), state)
+            write_back(state)
             results.append((float(metrics["loss"]),
                             [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
     assert len(jax.devices()) == 4
