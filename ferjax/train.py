@@ -406,7 +406,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      input_wait_fraction=min(input_wait / window, 1.0))
         writer.write_scalars(at_step, {f"train/{k}": v for k, v in means.items()})
         if bar is not None:
-            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['train_accuracy']:.3f}")
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
+                            input_wait=f"{100 * means['input_wait_fraction']:.0f}%")
         pending, t_log, input_wait = [], time.time(), 0.0
         if nonfinite_steps:
             first = nonfinite_steps[0]
