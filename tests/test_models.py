@@ -11,7 +11,7 @@ from ferjax.models import HEADS, MODELS, build_model, count_params
 from ferjax.models.attention import CBAM, ShuffleAttention, max_along, valid_sa_groups
 from ferjax.models.layers import (DepthwiseConv, _depthwise_shifted, _smaller_than_kernel,
                                   channel_shuffle, conv_general_dilated, cpu_batch_chunk,
-                                  fusion_fence, max_pool_3x3_s2)
+                                  fusion_fence, materialize, max_pool_3x3_s2)
 from ferjax.models import layers
 from ferjax.models.layers import conv as conv_layer
 
@@ -239,6 +239,21 @@ def test_fusion_fence_returns_its_operands_and_keeps_a_boundary_in_the_compiled_
     # What it is for: XLA:CPU must still see a conditional between producer and consumer
     # (it drops optimization barriers); if a new XLA folds it away, this says so.
     hlo = jax.jit(lambda v: jnp.sin(fusion_fence(jnp.cos(v) * 3.0))).lower(a).compile()
+    assert "conditional(" in hlo.as_text()
+
+
+def test_materialize_is_the_identity_with_an_identity_gradient_and_a_cpu_boundary():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    scale = jnp.arange(1.0, 4.0)
+    np.testing.assert_array_equal(jax.jit(materialize)(x), x)
+    def loss(v, through=materialize):
+        return jnp.sum(jnp.sin(through(jnp.maximum(v, 0.0) * scale)))
+
+    grad = jax.jit(jax.grad(loss))(x)
+    expected = jax.grad(lambda v: loss(v, through=lambda a: a))(x)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    # The boundary it is for: the ReLU is computed once, not again inside the consumer.
+    hlo = jax.jit(lambda v: jnp.sin(materialize(jnp.maximum(v, 0.0)))).lower(x).compile()
     assert "conditional(" in hlo.as_text()
 
 

@@ -33,12 +33,12 @@ class BasicBlock(nnx.Module):
             if stride != 1 or in_ch != out_ch else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = layers.materialize(jax.nn.relu(self.bn1(self.conv1(x))))
         out = self.bn2(self.conv2(out))
         if self.cbam is not None:
             out = self.cbam(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + shortcut)
+        return layers.materialize(jax.nn.relu(out + shortcut))
 
 
 class ResNet18(nnx.Module):
@@ -85,7 +85,9 @@ class ResNet18(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        x = layers.max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x))))
+        # Activations that feed a convolution are materialized (see layers.materialize).
+        x = layers.materialize(x)
+        x = layers.materialize(layers.max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x)))))
         for i, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
             for block in stage:
                 x = block(x)
