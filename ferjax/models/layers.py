@@ -251,7 +251,7 @@ def materialize(x: Array) -> Array:
     (benchmarks/RESULTS.md). The gradient passes through unchanged. Other backends fuse
     differently, so there it is the identity; so it is under a mesh of several (fake CPU)
     devices, where the fence's predicate, one element of a sharded array, would cost a
-    collective each time (mek at 64 px on 8 fake devices: 403 -> 228 images/s).
+    collective each time (mek at 64 px on 8 fake devices: 256 -> 228 images/s).
     """
     several_devices = jax.sharding.get_abstract_mesh().size > 1
     return x if jax.default_backend() != "cpu" or several_devices else fusion_fence(x)
