@@ -246,6 +246,7 @@ def test_materialize_is_the_identity_with_an_identity_gradient_and_a_cpu_boundar
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
     scale = jnp.arange(1.0, 4.0)
     np.testing.assert_array_equal(jax.jit(materialize)(x), x)
+
     def loss(v, through=materialize):
         return jnp.sum(jnp.sin(through(jnp.maximum(v, 0.0) * scale)))
 
