@@ -261,6 +261,60 @@ def test_materialize_is_the_identity_with_an_identity_gradient_and_a_cpu_boundar
         assert "conditional(" not in relu_sin.lower(x).compile().as_text()
 
 
+def test_batch_norm_train_matches_the_formula_with_gradients_through_its_statistics():
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (4, 3, 5, 6))
+    scale, bias = jnp.linspace(0.5, 2.0, 6), jnp.linspace(-1.0, 1.0, 6)
+
+    def reference(x, scale, bias, eps=1e-5):   # what autodiff would differentiate
+        mean = x.mean((0, 1, 2))
+        var = ((x - mean) ** 2).mean((0, 1, 2))
+        return (x - mean) / jnp.sqrt(var + eps) * scale + bias, mean, var
+
+    def hand(x, scale, bias):
+        return layers.batch_norm_train(x, scale, bias, 1e-5)
+
+    out, vjp = jax.vjp(hand, x, scale, bias)
+    out_ref, vjp_ref = jax.vjp(reference, x, scale, bias)
+    for got, want in zip(out, out_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Zero mean and unit variance per channel before the affine part, whatever the shift.
+    np.testing.assert_allclose(((out[0] - bias) / scale).mean((0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(((out[0] - bias) / scale).var((0, 1, 2)), 1.0, rtol=1e-4)
+    # Cotangents on y alone (the training step) and on the returned statistics too.
+    keys = jax.random.split(jax.random.key(1), 3)
+    g_y = jax.random.normal(keys[0], x.shape)
+    zeros = jnp.zeros(6)
+    for cts in [(g_y, zeros, zeros),
+                (g_y, jax.random.normal(keys[1], (6,)), jax.random.normal(keys[2], (6,)))]:
+        for got, want in zip(vjp(cts), vjp_ref(cts)):
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    # The gradient of a per-channel shift of x is zero: the mean absorbs it.
+    shift_grad = jax.grad(lambda c: jnp.vdot(hand(x + c, scale, bias)[0], g_y))(zeros)
+    np.testing.assert_allclose(shift_grad, 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("affine,dtype", [(True, None), (False, None),
+                                          (True, jnp.bfloat16)])
+def test_ferjax_batch_norm_equals_flax_batch_norm_in_training_and_eval(affine, dtype):
+    ours = layers.batch_norm(6, affine=affine, dtype=dtype, rngs=nnx.Rngs(0))
+    flax_bn = nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, use_bias=affine,
+                            use_scale=affine, use_fast_variance=False, dtype=dtype,
+                            rngs=nnx.Rngs(0))
+    if affine:
+        for bn in (ours, flax_bn):
+            bn.scale[...] = jnp.linspace(0.5, 2.0, 6)
+            bn.bias[...] = jnp.linspace(-1.0, 1.0, 6)
+    x = 1.0 + jax.random.normal(jax.random.key(3), (4, 5, 5, 6))
+    tol = dict(rtol=1e-2, atol=2e-2) if dtype else dict(rtol=1e-5, atol=1e-5)
+    got, want = ours(x, use_running_average=False), flax_bn(x, use_running_average=False)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), **tol)
+    np.testing.assert_allclose(ours.mean[...], flax_bn.mean[...], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.var[...], flax_bn.var[...], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.float32(ours(x, use_running_average=True)),
+                               np.float32(flax_bn(x, use_running_average=True)), **tol)
+
+
 @pytest.mark.parametrize("kernel,stride,size", [(3, 1, 8), (5, 1, 7), (5, 2, 8), (3, 2, 9)])
 def test_cpu_depthwise_conv_matches_the_grouped_convolution_with_gradients(kernel, stride,
                                                                            size):

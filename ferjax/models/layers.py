@@ -219,10 +219,82 @@ _depthwise_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
-               affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+               affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> BatchNorm:
     """BatchNorm; Flax `momentum=0.9` equals torch's default `momentum=0.1`."""
-    return nnx.BatchNorm(features, momentum=momentum, epsilon=epsilon, use_bias=affine,
-                         use_scale=affine, use_fast_variance=False, dtype=dtype, rngs=rngs)
+    return BatchNorm(features, momentum=momentum, epsilon=epsilon, use_bias=affine,
+                     use_scale=affine, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` (same parameters, statistics and values) whose training-mode pass
+    over features on the last axis is `batch_norm_train`, with its hand-written backward.
+
+    Autodiff of the two-pass statistics makes more passes over the activation than the
+    textbook backward's two sums and one elementwise pass. Measured in the training step,
+    224 px, batch 16, alternating in one process on a 2-core Xeon: baseline 802 -> 776 ms,
+    rul_cbam 981 -> 940, mek 1,659 -> 1,594 (benchmarks/RESULTS.md). Masks, `axis_name`,
+    the fast variance and other feature axes go to Flax's own path.
+    """
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        running = (self.use_running_average if use_running_average is None
+                   else use_running_average)
+        if (running or mask is not None or self.axis_name is not None
+                or self.use_fast_variance or self.axis not in (-1, x.ndim - 1)):
+            return super().__call__(x, use_running_average, mask=mask)
+        ones = jnp.ones((x.shape[-1],), jnp.float32)
+        scale = self.scale[...] if self.scale is not None else ones
+        bias = self.bias[...] if self.bias is not None else jnp.zeros_like(ones)
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+        keep = self.momentum
+        self.mean[...] = jax.lax.stop_gradient(keep * self.mean[...] + (1 - keep) * mean)
+        self.var[...] = jax.lax.stop_gradient(keep * self.var[...] + (1 - keep) * var)
+        return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: Array, scale: Array, bias: Array,
+                     epsilon: float) -> tuple[Array, Array, Array]:
+    """Batch normalisation over every axis but the last, with batch statistics.
+
+    x: (..., C); scale, bias: (C,). Returns (y, mean, var): y like x, in the dtype x, scale
+    and bias promote to; mean and the biased variance (C,) in float32 (at least), which is
+    also where the statistics and the normalisation are computed, as in Flax's BatchNorm.
+    """
+    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    xw = x.astype(wide)
+    mean = jnp.mean(xw, axes)
+    var = jnp.mean(jnp.square(xw - mean), axes)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    y = (xw - mean) * (inv_std * scale) + bias
+    out_dtype = jnp.result_type(x, scale, bias)
+    return (y.astype(out_dtype), mean, var), (x, mean, inv_std, scale, bias)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+    x, mean, inv_std, scale, bias = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    centered = x.astype(mean.dtype) - mean
+    x_hat = centered * inv_std
+    g = g.astype(mean.dtype)
+    g_bias = jnp.sum(g, axes)
+    g_scale = jnp.sum(g * x_hat, axes)
+    # d/dx of (x_hat·scale + bias) through the batch mean and variance, plus whatever
+    # reached the returned statistics themselves (zero when they only feed running averages).
+    g_x = ((scale * inv_std / count) * (count * g - g_bias - x_hat * g_scale)
+           + g_mean / count + (2.0 / count) * g_var * centered)
+    return (g_x.astype(x.dtype), g_scale.astype(scale.dtype), g_bias.astype(bias.dtype))
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def fusion_fence(tree):
