@@ -35,11 +35,16 @@ PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
 
 def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
-                   flip_bn: str = "joint", augment: str = "preset"):
+                   flip_bn: str = "joint", augment: str = "preset", overrides=None,
+                   compiler_options=None):
     """Builds and warms up the preset's jitted step; returns `time_steps(n)`, seconds per
     step with n steps queued back to back, `dispatch_time(n)`, the median seconds until
     a step call returns (the host's share, which a fast accelerator step cannot hide), and
-    the compiled step (for its cost and memory analyses)."""
+    the compiled step (for its cost and memory analyses).
+
+    `overrides` ({'model.width': 8, ...}) are set on the config after the arguments above.
+    With `compiler_options` (a dict, maybe empty) the step is compiled once with those XLA
+    options (`Lowered.compile`) and that executable is called, not the jitted function."""
     import pathlib
 
     import jax
@@ -57,6 +62,9 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
     config.loss.flip_bn = flip_bn
     if augment == "normalize":  # what the PyTorch step gets: ready, normalised tensors
         config.augment.ops = ("normalize",)
+    for key, value in (overrides or {}).items():
+        set_config_field(config, key, value)
+    batch, image = config.train.batch_size, config.data.image_size
     recipe = train.make_recipe(config)
     mesh = train.make_mesh()
     rng = np.random.default_rng(0)
@@ -71,16 +79,21 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
         key, weights = jax.random.key(0), jnp.ones(7)
 
+        lowered = step_fn.lower(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,
+                                weights)
+        if compiler_options is not None:
+            step_fn = compiled = lowered.compile(compiler_options or None)
+
         def run(i):
             nonlocal state
             state, out = step_fn(state, gbatch, jnp.int32(i), key, jnp.float32(0.5), weights,
                                  weights)
             return out
 
-        jax.block_until_ready(run(0))   # compiles
-        # The executable jit just built (its cache answers; nothing is compiled again).
-        compiled = step_fn.lower(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,
-                                 weights).compile()
+        jax.block_until_ready(run(0))   # compiles (jit) or runs the compiled step once
+        if compiler_options is None:
+            # The executable jit just built (its cache answers; nothing is compiled again).
+            compiled = lowered.compile()
         # Warm up in the timed pattern (steps queued, one wait at the end): queued steps
         # hold more memory at once (rul_cbam: 3.8 GB against 2.4 blocked), and the heap's
         # first growth to that peak page-faults (44,000 faults and +25 % a step, once).
@@ -105,6 +118,29 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         return float(np.median(dispatch))
 
     return time_steps, dispatch_time, compiled
+
+
+def set_config_field(config, key: str, value) -> None:
+    """Sets `config.<key>` (dotted) to `value`, converting a string to the field's type
+    (bool from true/false, tuple from comma-separated items); KeyError for unknown keys."""
+    node, *path = config, *key.split(".")
+    for part in path[:-1]:
+        if part not in node:
+            raise KeyError(f"config has no field {key!r} (no {part!r})")
+        node = node[part]
+    if path[-1] not in node:
+        raise KeyError(f"config has no field {key!r}")
+    old = node[path[-1]]
+    if isinstance(value, str) and not isinstance(old, str) and old is not None:
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{key}={value!r}: expected true or false")
+            value = value.lower() == "true"
+        elif isinstance(old, tuple):
+            value = tuple(item for item in value.split(",") if item)
+        else:
+            value = type(old)(value)
+    node[path[-1]] = value
 
 
 def step_usage(compiled, seconds_per_step: float, peak_tflops: float | None) -> str:

@@ -11,7 +11,9 @@ import pytest
 
 from benchmarks import common
 from benchmarks.epoch import input_wait_share
-from benchmarks.train_step import step_usage
+from benchmarks.train_step import set_config_field, step_usage
+from benchmarks.variants import main as variants_main, parse_variant
+from ferjax.presets import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,8 +68,47 @@ def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(t
         input_wait_share(path, after_step=9)
 
 
-@pytest.mark.parametrize("name", ["train_step", "input_pipeline", "epoch", "scaling"])
+@pytest.mark.parametrize("name", ["train_step", "input_pipeline", "epoch", "scaling",
+                                  "variants"])
 def test_each_benchmark_runs_as_a_module(name):
     out = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr[-2000:]
+
+
+def test_parse_variant_splits_compile_options_from_config_fields():
+    assert parse_variant("shipped") == ("shipped", {}, {})
+    assert parse_variant("v=xla_cpu_enable_fast_math:false;model.width:8;augment.ops:flip,x") == (
+        "v", {"xla_cpu_enable_fast_math": False}, {"model.width": "8", "augment.ops": "flip,x"})
+    for bad in ["=model.width:8", "v=model.width"]:
+        with pytest.raises(ValueError, match="variant"):
+            parse_variant(bad)
+
+
+def test_set_config_field_converts_to_the_field_type_and_names_unknown_keys():
+    config = base_config()
+    for key, text, value in [("model.width", "8", 8), ("optim.lr", "0.5", 0.5),
+                             ("data.auto_build", "False", False),
+                             ("augment.ops", "flip,normalize", ("flip", "normalize")),
+                             ("model.cbam_placement", "block", "block")]:
+        set_config_field(config, key, text)
+        assert config[key.split(".")[0]][key.split(".")[1]] == value
+    with pytest.raises(KeyError, match="model.widht"):
+        set_config_field(config, "model.widht", "8")
+    with pytest.raises(KeyError, match="modle.width"):
+        set_config_field(config, "modle.width", "8")
+    with pytest.raises(ValueError, match="data.auto_build"):
+        set_config_field(config, "data.auto_build", "yes")
+
+
+def test_variants_benchmark_times_each_variant_and_records_them(tmp_path, monkeypatch):
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(common, "RESULTS", results)
+    variants_main(["--preset", "baseline", "--batch", "4", "--image", "32", "--steps", "1",
+                   "--rounds", "2", "--warmup", "1", "tiny=model.width:4",
+                   "tiny_no_fast_math=model.width:4;xla_cpu_enable_fast_math:false"])
+    text = results.read_text()
+    assert "### Train-step variants, preset baseline" in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and rows[0].endswith("| 1.000 |"), rows
+    assert "`xla_cpu_enable_fast_math=False`" in rows[1] and "`model.width=4`" in rows[1]
