@@ -29,6 +29,16 @@ def _register(name):
     return AUGMENTATIONS.register(name)
 
 
+def _normal(key, shape, dtype=jnp.float32) -> jax.Array:
+    """`jax.random.normal(key, shape)`, drawn flat and reshaped: the same numbers, faster.
+
+    JAX's (default) partitionable threefry derives each element's counter from its
+    multi-dimensional index; a 1-D draw skips that arithmetic. Noise for 16 images at
+    224 px took 17.9 -> 11.8 ms on 2 CPU cores (benchmarks/RESULTS.md).
+    """
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
 @_register("normalize")
 def normalize(key, x, p):
     """(x − mean) / std with per-channel constants (ImageNet by default)."""
@@ -48,7 +58,7 @@ def flip_or_noise(key, x, p):
     """RUL/EAC: with probability 0.5 apply one of {flip, Gaussian noise σ≈5.48/255}."""
     k_apply, k_which, k_noise = jax.random.split(key, 3)
     sigma = p.get("noise_std", math.sqrt(30.0) / 255.0)
-    noisy = jnp.clip(x + sigma * jax.random.normal(k_noise, x.shape), 0.0, 1.0)
+    noisy = jnp.clip(x + sigma * _normal(k_noise, x.shape), 0.0, 1.0)
     chosen = jnp.where(jax.random.uniform(k_which) < 0.5, x[:, ::-1, :], noisy)
     return jnp.where(jax.random.uniform(k_apply) < p.get("prob", 0.5), chosen, x)
 
@@ -138,7 +148,7 @@ def _fill(key, x, mode):
     if mode == "mean":
         return jnp.broadcast_to(jnp.mean(x, axis=(0, 1)), x.shape)
     if mode == "random":
-        return jax.random.normal(key, x.shape, x.dtype)
+        return _normal(key, x.shape, x.dtype)
     raise ValueError(f"erasing fill {mode!r}; expected 'zero', 'mean' or 'random'")
 
 
