@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 
 from benchmarks.common import append_result, machine_summary
+from benchmarks.train_step import ferjax_stepper
 
 
 def parse_variant(spec: str) -> tuple[str, dict, dict]:
@@ -59,7 +60,6 @@ def main(argv=None) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"variant names repeat: {names}")
 
-    from benchmarks.train_step import ferjax_stepper
     timers = []
     for name, options, overrides in variants:
         time_steps, _, _ = ferjax_stepper(args.preset, args.batch, args.image, args.dtype,

@@ -72,9 +72,9 @@ class SpatialGate(nnx.Module):
     def __init__(self, gate_bias: float = 0.0, *, dtype=None, rngs: nnx.Rngs):
         self.conv = layers.conv(2, 1, 7, dtype=dtype, rngs=rngs)
         # torch momentum 0.01 in the official code -> Flax 0.99.
-        self.bn = layers.BatchNorm(1, momentum=0.99, epsilon=1e-5, use_fast_variance=False,
-                                   dtype=dtype,
-                                   bias_init=nnx.initializers.constant(gate_bias), rngs=rngs)
+        self.bn = layers.batch_norm(1, momentum=0.99, epsilon=1e-5,
+                                    bias_init=nnx.initializers.constant(gate_bias),
+                                    dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Max first, then mean: the order of the official code (matters for weight import).

@@ -219,10 +219,12 @@ _depthwise_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
-               affine: bool = True, dtype: Dtype = None, rngs: nnx.Rngs) -> BatchNorm:
+               affine: bool = True, bias_init=nnx.initializers.zeros_init(),
+               dtype: Dtype = None, rngs: nnx.Rngs) -> BatchNorm:
     """BatchNorm; Flax `momentum=0.9` equals torch's default `momentum=0.1`."""
     return BatchNorm(features, momentum=momentum, epsilon=epsilon, use_bias=affine,
-                     use_scale=affine, use_fast_variance=False, dtype=dtype, rngs=rngs)
+                     use_scale=affine, bias_init=bias_init, use_fast_variance=False,
+                     dtype=dtype, rngs=rngs)
 
 
 class BatchNorm(nnx.BatchNorm):
