@@ -8,6 +8,7 @@ import pathlib
 import platform
 
 import ferjax  # (sets ferjax's XLA:CPU flags before any benchmark starts JAX)
+from ferjax import malloc_tuning
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -29,6 +30,9 @@ def machine_summary() -> str:
              f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}",
              f"python {platform.python_version()}", f"jax {jax.__version__}"]
     parts.append("ferjax malloc tuning: " + ("+".join(ferjax.malloc_settings) or "off"))
+    allocator = malloc_tuning.preloaded_allocator()
+    if allocator:
+        parts.append(f"malloc: {allocator} (LD_PRELOAD)")
     if os.environ.get("XLA_FLAGS"):
         parts.append(f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'")
     try:

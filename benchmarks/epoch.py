@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -97,4 +98,6 @@ def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main
     main()

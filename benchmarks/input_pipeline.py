@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -132,4 +133,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main
     main()

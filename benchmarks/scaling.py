@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -81,4 +82,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main
     main()

@@ -8,8 +8,11 @@ one invocation. ferjax's step includes its on-device augmentation (the PyTorch s
 ready tensors, as from a DataLoader), so the comparison does not favour ferjax;
 `--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
 PyTorch step uses AMP (bf16 autocast) and channels_last. The PyTorch step runs in a child
-process with glibc's default malloc, as a PyTorch user runs it; `--torch_malloc ferjax`
-gives it ferjax's malloc settings (`ferjax.malloc_tuning`) too. The two sides take turns
+process. Where ferjax runs under tcmalloc (`python -m benchmarks.train_step` relaunches
+itself under it, as `ferjax.main` does, when the machine has it) the PyTorch process gets
+tcmalloc too; otherwise glibc's default malloc, as a PyTorch user runs it.
+`--torch_malloc` picks it explicitly: `default`, `ferjax` (glibc with ferjax's settings,
+`ferjax.malloc_tuning`) or `tcmalloc`. The two sides take turns
 in `--rounds` rounds (one idles on a pipe while the other runs), and the ratio is the
 median of the rounds' ratios: a ratio from one stretch of time, on machines whose speed
 drifts. Each row also gives the step's FLOPs rate (XLA's cost analysis of the compiled
@@ -222,17 +225,42 @@ def serve_torch_steps(preset: str, batch: int, image: int, warmup: int, flip_bn:
         print(f"seconds {time_steps(int(line))!r}", flush=True)
 
 
+TORCH_MALLOCS = ("default", "ferjax", "tcmalloc")
+
+
+def torch_child_env(malloc: str, environ=os.environ) -> dict:
+    """The PyTorch process's environment for `malloc`, one of TORCH_MALLOCS: glibc's
+    defaults, glibc with ferjax's settings, or tcmalloc preloaded. Allocators in this
+    process's LD_PRELOAD are not inherited, so each choice is what it says."""
+    from ferjax import malloc_tuning
+    if malloc not in TORCH_MALLOCS:
+        raise ValueError(f"--torch_malloc {malloc!r}: expected one of {TORCH_MALLOCS}")
+    kept = [lib for lib in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+            if lib and "tcmalloc" not in lib and "jemalloc" not in lib]
+    if malloc == "tcmalloc":
+        library = malloc_tuning.find_tcmalloc(environ)
+        if library is None:
+            raise FileNotFoundError("--torch_malloc tcmalloc: no tcmalloc on this machine "
+                                    "(apt install libtcmalloc-minimal4)")
+        kept.insert(0, library)
+    env = dict(environ, FERJAX_MALLOC_TUNING="1" if malloc == "ferjax" else "0",
+               LD_PRELOAD=":".join(kept))
+    if not kept:
+        del env["LD_PRELOAD"]
+    return env
+
+
 class TorchChild:
     """The PyTorch step in its own Python process, kept alive so that its timings can
-    alternate with ferjax's: glibc's default malloc ('default') or ferjax's malloc settings
-    ('ferjax'), whatever this process has. Idle between requests (blocked on a pipe)."""
+    alternate with ferjax's, with the malloc `torch_child_env` gives it. Idle between
+    requests (blocked on a pipe)."""
 
     def __init__(self, preset: str, batch: int, image: int, warmup: int, flip_bn: str,
                  malloc: str):
         code = ("import ferjax; " if malloc == "ferjax" else "") + (
             "from benchmarks.train_step import serve_torch_steps; "
             f"serve_torch_steps({preset!r}, {batch}, {image}, {warmup}, {flip_bn!r})")
-        env = dict(os.environ, FERJAX_MALLOC_TUNING="1" if malloc == "ferjax" else "0")
+        env = torch_child_env(malloc)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
@@ -274,9 +302,10 @@ def main(argv=None) -> None:
     parser.add_argument("--augment", default="preset", choices=["preset", "normalize"],
                         help="ferjax's on-device augmentation: the preset's ops, or only the "
                              "normalisation (like for like with the PyTorch step)")
-    parser.add_argument("--torch_malloc", default="default", choices=["default", "ferjax"],
-                        help="the PyTorch process's malloc: glibc's default, or with ferjax's "
-                             "settings")
+    parser.add_argument("--torch_malloc", default=None, choices=TORCH_MALLOCS,
+                        help="the PyTorch process's malloc: glibc's default, glibc with "
+                             "ferjax's settings, or tcmalloc (default: tcmalloc where this "
+                             "process runs under it, else default)")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's dense bf16 peak in TFLOP/s, for MFU on a device "
                              "benchmarks.common.BF16_PEAK_FLOPS does not list")
@@ -286,6 +315,10 @@ def main(argv=None) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
     if args.warmup is None:
         args.warmup = args.steps
+    if args.torch_malloc is None:
+        from ferjax import malloc_tuning
+        args.torch_malloc = ("tcmalloc" if malloc_tuning.preloaded_allocator() == "tcmalloc"
+                             else "default")
     rows = []
     for preset in args.presets.split(","):
         # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
@@ -343,4 +376,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main
     main()

@@ -17,6 +17,7 @@ well. Results are appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -93,4 +94,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main
     main()

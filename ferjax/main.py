@@ -24,6 +24,9 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with 
                   "auto-detection (Cloud TPU pods, SLURM, ...)")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# What `malloc_tuning.relaunch_under_tcmalloc` found, logged with the devices.
+MALLOC_NOTE = "malloc: not checked (ferjax.main imported, not run)"
+
 
 def init_distributed() -> None:
     import jax
@@ -45,8 +48,8 @@ def main(argv) -> int:
     import jax
 
     from ferjax import train
-    logging.getLogger("ferjax").info("process %d of %d, devices: %s", jax.process_index(),
-                                     jax.process_count(), jax.devices())
+    logging.getLogger("ferjax").info("process %d of %d, devices: %s; %s", jax.process_index(),
+                                     jax.process_count(), jax.devices(), MALLOC_NOTE)
     try:
         result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (train.NonFiniteLossError, FileNotFoundError, ValueError, KeyError) as e:
@@ -59,4 +62,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    from ferjax import malloc_tuning
+    MALLOC_NOTE = malloc_tuning.relaunch_under_tcmalloc()  # may re-execute this command
     app.run(lambda argv: sys.exit(main(argv)))

@@ -24,6 +24,10 @@ returning freed memory to the system.
 Set FERJAX_MALLOC_TUNING=0 to turn this off. Only glibc (Linux) has these settings. Like
 the XLA flags, they act fully only when ferjax is imported before JAX starts its threads.
 Child processes (grain's data workers) are left alone: they decode images, not run XLA.
+Under a preloaded tcmalloc or jemalloc nothing is set.
+
+Better still is tcmalloc, where the machine has it: `relaunch_under_tcmalloc` (called by
+`python -m ferjax.main` and the benchmarks) re-executes the command with it preloaded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import ctypes
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 
 # mallopt parameters (glibc's malloc.h) and the values ferjax sets.
@@ -54,6 +59,8 @@ def apply(environ=os.environ, libc=None) -> list[str]:
         return []
     if multiprocessing.parent_process() is not None:
         return []
+    if libc is None and preloaded_allocator():
+        return []   # glibc's malloc is not in use; tcmalloc's mallopt ignores settings
     if libc is None:
         if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
             return []
@@ -62,3 +69,92 @@ def apply(environ=os.environ, libc=None) -> list[str]:
     if mallopt is None:
         return []
     return [name for name, param, value in SETTINGS if mallopt(param, value) == 1]
+
+
+def preloaded_allocator(maps_path: str = "/proc/self/maps") -> str | None:
+    """'tcmalloc' or 'jemalloc' when that allocator is mapped into this process (through
+    LD_PRELOAD: it then serves every malloc), else None."""
+    try:
+        with open(maps_path) as maps:
+            text = maps.read()
+    except OSError:
+        return None
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in text), None)
+
+
+# tcmalloc (gperftools) serves oneDNN's page-aligned 74 KB workspaces, which XLA:CPU's Eigen
+# convolutions request about 11,800 times a ResNet-18 step, from per-size free lists, where
+# glibc walks a bin of just-too-small chunks each time, and it keeps the step's large
+# buffers mapped between steps without glibc's single-arena compromise. rul_cbam at 224 px,
+# batch 16, on a 2-core Xeon: 1,051-1,090 ms a step with the glibc settings above, 859-904
+# ms under tcmalloc (benchmarks/RESULTS.md). LD_PRELOAD only acts when a process starts, so
+# `relaunch_under_tcmalloc` re-executes the command with it.
+TCMALLOC_SONAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+_RELAUNCHED = "FERJAX_RELAUNCHED_UNDER_TCMALLOC"
+
+
+def find_tcmalloc(environ=os.environ) -> str | None:
+    """The tcmalloc library to preload: FERJAX_TCMALLOC if it names a file, else the path
+    of the first of TCMALLOC_SONAMES the dynamic loader's cache lists (Debian:
+    libtcmalloc-minimal4), else None. FERJAX_TCMALLOC=0 turns the search off."""
+    setting = environ.get("FERJAX_TCMALLOC", "")
+    if setting == "0":
+        return None
+    if setting:
+        if not os.path.isfile(setting):
+            raise FileNotFoundError(f"FERJAX_TCMALLOC={setting!r} is not a file; point it at "
+                                    "libtcmalloc_minimal.so.4, or set 0 to run without tcmalloc")
+        return setting
+    if not sys.platform.startswith("linux"):
+        return None
+    listed = {}
+    for ldconfig in ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"):  # sbin: not on
+        try:                                                               # every PATH
+            cache = subprocess.run([ldconfig, "-p"], capture_output=True, text=True,
+                                   timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        # Lines look like "\tlibtcmalloc_minimal.so.4 (libc6,x86-64) => /lib/.../x.so.4".
+        for line in cache.splitlines():
+            name, _, path = line.strip().partition(" => ")
+            listed.setdefault(name.split(" ")[0], path)
+        break
+    return next((listed[name] for name in TCMALLOC_SONAMES if listed.get(name)), None)
+
+
+def relaunch_under_tcmalloc(environ=os.environ, argv=None, execve=os.execve) -> str:
+    """Re-executes this command (`sys.orig_argv`) with tcmalloc in LD_PRELOAD, where that
+    helps: a CPU-only machine (no accelerator plugin, as in `ferjax.xla_tuning`) whose
+    loader knows tcmalloc, and a process not already under tcmalloc or jemalloc. Returns,
+    when it does not re-execute, why not, for the log. Call it first thing in a `__main__`.
+
+    The relaunched process is marked so that it never relaunches again, even if the
+    preload failed (the loader then prints why and the command runs on glibc's malloc).
+    tcmalloc's report of allocations over 1 GiB (mek's step buffer) is turned off unless
+    TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD is set."""
+    from ferjax import xla_tuning
+
+    if environ.get("FERJAX_TCMALLOC", "") == "0":
+        return "malloc: tcmalloc off (FERJAX_TCMALLOC=0)"
+    if environ.get(_RELAUNCHED):
+        allocator = preloaded_allocator()
+        return (f"malloc: {allocator} (LD_PRELOAD)" if allocator else
+                f"malloc: glibc; preloading {environ.get('LD_PRELOAD')} failed")
+    allocator = preloaded_allocator()
+    if allocator:
+        return f"malloc: {allocator} (LD_PRELOAD)"
+    if any(xla_tuning._installed(name) for name in xla_tuning.ACCELERATOR_PLUGINS):
+        return "malloc: glibc (an accelerator plugin is installed; tcmalloc left to the user)"
+    library = find_tcmalloc(environ)
+    if library is None:
+        return ("malloc: glibc; tcmalloc would make CPU steps faster (README, Install): "
+                "apt install libtcmalloc-minimal4, or set FERJAX_TCMALLOC to its path")
+    env = dict(environ)
+    env["LD_PRELOAD"] = ":".join(filter(None, [library, environ.get("LD_PRELOAD")]))
+    env[_RELAUNCHED] = "1"
+    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(2**62))
+    argv = list(sys.orig_argv if argv is None else argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    execve(sys.executable, [sys.executable, *argv[1:]], env)
+    return f"malloc: relaunched under {library}"   # only reached with a test's execve

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import common
 from benchmarks.epoch import input_wait_share
-from benchmarks.train_step import set_config_field, step_usage
+from benchmarks.train_step import set_config_field, step_usage, torch_child_env
 from benchmarks.variants import main as variants_main, parse_variant
 from ferjax.presets import base_config
 
@@ -112,3 +112,20 @@ def test_variants_benchmark_times_each_variant_and_records_them(tmp_path, monkey
     rows = [line for line in text.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and rows[0].endswith("| 1.000 |"), rows
     assert "`xla_cpu_enable_fast_math=False`" in rows[1] and "`model.width=4`" in rows[1]
+
+
+def test_the_pytorch_process_gets_the_malloc_asked_for(tmp_path):
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.write_bytes(b"")
+    ours = {"LD_PRELOAD": "/lib/libtcmalloc_minimal.so.4:/x/libprofile.so", "PATH": "/bin",
+            "FERJAX_TCMALLOC": str(library)}
+    default = torch_child_env("default", ours)
+    assert default["LD_PRELOAD"] == "/x/libprofile.so"    # our allocator is not inherited
+    assert default["FERJAX_MALLOC_TUNING"] == "0" and default["PATH"] == "/bin"
+    assert torch_child_env("ferjax", ours)["FERJAX_MALLOC_TUNING"] == "1"
+    assert torch_child_env("tcmalloc", ours)["LD_PRELOAD"] == f"{library}:/x/libprofile.so"
+    assert "LD_PRELOAD" not in torch_child_env("default", {"LD_PRELOAD": "libjemalloc.so.2"})
+    with pytest.raises(ValueError, match="'glibc'"):
+        torch_child_env("glibc", ours)
+    with pytest.raises(FileNotFoundError, match="libtcmalloc-minimal4"):
+        torch_child_env("tcmalloc", {"FERJAX_TCMALLOC": "0"})

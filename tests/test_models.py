@@ -165,10 +165,11 @@ def test_max_along_routes_the_gradient_to_the_maximum():
     np.testing.assert_allclose(grad, [[0.0, 1.0, 1.0, 0.0]])       # d(2x)/dx split over 2
 
 
-def test_cbam_matches_a_numpy_computation():
+@pytest.mark.parametrize("size", [5, 9])  # 7x7 conv: small-map matmul path, XLA conv
+def test_cbam_matches_a_numpy_computation(size):
     cbam = CBAM(32, reduction=16, rngs=nnx.Rngs(0))
     cbam.eval()
-    x = np.asarray(jax.random.normal(jax.random.key(6), (1, 5, 5, 32)))
+    x = np.asarray(jax.random.normal(jax.random.key(6), (1, size, size, 32)))
     w1, b1 = np.asarray(cbam.channel_gate.fc1.kernel[...]), np.asarray(cbam.channel_gate.fc1.bias[...])
     w2, b2 = np.asarray(cbam.channel_gate.fc2.kernel[...]), np.asarray(cbam.channel_gate.fc2.bias[...])
 
@@ -180,9 +181,9 @@ def test_cbam_matches_a_numpy_computation():
     pooled = np.concatenate([xc.max(-1, keepdims=True), xc.mean(-1, keepdims=True)], -1)
     k = np.asarray(cbam.spatial_gate.conv.kernel[...])  # (7, 7, 2, 1)
     padded = np.pad(pooled, ((0, 0), (3, 3), (3, 3), (0, 0)))
-    conv = np.zeros((1, 5, 5, 1))
-    for i in range(5):
-        for j in range(5):
+    conv = np.zeros((1, size, size, 1))
+    for i in range(size):
+        for j in range(size):
             conv[0, i, j, 0] = np.sum(padded[0, i:i + 7, j:j + 7, :] * k[..., 0])
     bn = cbam.spatial_gate.bn  # eval mode: running stats 0 / 1
     s = (conv - 0.0) / np.sqrt(1.0 + 1e-5) * np.asarray(bn.scale[...]) + np.asarray(bn.bias[...])
