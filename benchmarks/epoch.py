@@ -29,6 +29,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--host_image", type=int, default=100,
+                        help="side the host pipeline batches at (100: the images' own side, "
+                             "resized to --image on device, as configs/rafdb.py; 0: --image, "
+                             "resized on the host)")
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args(argv)
 
@@ -40,6 +44,7 @@ def main(argv=None) -> None:
     config = load_config_file(ROOT / "configs" / "synthetic.py", args.preset)
     config.data.config = "rafdb_size"
     config.data.image_size = args.image
+    config.data.host_image_size = args.host_image
     config.data.num_workers = args.workers
     config.model.width = 64
     config.model.width_mult = 1.0
@@ -61,14 +66,17 @@ def main(argv=None) -> None:
             print(json.dumps({"epoch": epoch, "seconds": times[-1],
                               "mean_class_accuracy": result["mean_class_accuracy"]["last"]}))
         wait = input_wait_share(workdir / "metrics.jsonl", after_step=steps)
-    row = (f"| {args.preset} | {args.image} | {args.batch} | {args.dtype} | {steps} | "
+    px = (f"{args.image}" if args.host_image in (0, args.image)
+          else f"{args.image} (host {args.host_image})")
+    row = (f"| {args.preset} | {px} | {args.batch} | {args.dtype} | {steps} | "
            f"{times[0]:.1f} | {times[1]:.1f} | {100 * wait:.1f} |")
     append_result("Epoch on RAF-DB-sized synthetic (12,271 images)", machine_summary(),
                   "| preset | px | batch | dtype | steps | epoch 1 s (with compile) | "
                   "epoch 2 s (resumed) | input wait % (epoch 2) |\n"
                   "|---|---|---|---|---|---|---|---|", [row],
                   f"`python -m benchmarks.epoch --preset {args.preset} --image {args.image} "
-                  f"--batch {args.batch} --dtype {args.dtype}`; wall time of "
+                  f"--batch {args.batch} --dtype {args.dtype} --host_image "
+                  f"{args.host_image}`; wall time of "
                   "train_and_evaluate for one epoch including evaluation on 3,067 test "
                   "images; epoch 2 restarts the process state (restore + compile) as a "
                   "resumed run does; input wait: the share of epoch 2's training time the "

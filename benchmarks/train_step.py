@@ -4,8 +4,9 @@
     python -m benchmarks.train_step --presets mek --batch 64 --dtype bfloat16
 
 Both sides run the same architecture, loss, optimizer and batch size on the same machine in
-one invocation. ferjax's step includes its on-device augmentation (the PyTorch step gets
-ready tensors, as from a DataLoader), so the comparison does not favour ferjax;
+one invocation. ferjax's step includes its on-device augmentation and, as configs/rafdb.py
+runs it, the resize of the host's 100 px batches to --image (`--host_image`); the PyTorch
+step gets ready tensors, as from a DataLoader. So the comparison does not favour ferjax;
 `--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
 PyTorch step uses AMP (bf16 autocast) and channels_last. The PyTorch step runs in a child
 process. Where ferjax runs under tcmalloc (`python -m benchmarks.train_step` relaunches
@@ -45,6 +46,9 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
     a step call returns (the host's share, which a fast accelerator step cannot hide), and
     the compiled step (for its cost and memory analyses).
 
+    The step gets uint8 batches of the side the host pipeline would deliver,
+    `config.data.host_image_size` (configs/rafdb.py: 100, resized to `image` in the step),
+    or `image` where that is 0.
     `overrides` ({'model.width': 8, ...}) are set on the config after the arguments above.
     With `compiler_options` (a dict, maybe empty) the step is compiled once with those XLA
     options (`Lowered.compile`) and that executable is called, not the jitted function."""
@@ -67,11 +71,11 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         config.augment.ops = ("normalize",)
     for key, value in (overrides or {}).items():
         set_config_field(config, key, value)
-    batch, image = config.train.batch_size, config.data.image_size
+    batch, side = config.train.batch_size, train.host_image_size(config.data)
     recipe = train.make_recipe(config)
     mesh = train.make_mesh()
     rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 255, (batch, image, image, 3), dtype=np.uint8),
+    host = {"image": rng.integers(0, 255, (batch, side, side, 3), dtype=np.uint8),
             "label": rng.integers(0, 7, batch).astype(np.int32)}
     if recipe.needs_second_stream:
         host["image_rev"] = host["image"][::-1].copy()
@@ -302,6 +306,10 @@ def main(argv=None) -> None:
     parser.add_argument("--augment", default="preset", choices=["preset", "normalize"],
                         help="ferjax's on-device augmentation: the preset's ops, or only the "
                              "normalisation (like for like with the PyTorch step)")
+    parser.add_argument("--host_image", type=int, default=100,
+                        help="side of the uint8 batches ferjax's step gets and resizes to "
+                             "--image (100: RAF-DB's aligned faces, as configs/rafdb.py "
+                             "sets; 0: --image, resized on the host)")
     parser.add_argument("--torch_malloc", default=None, choices=TORCH_MALLOCS,
                         help="the PyTorch process's malloc: glibc's default, glibc with "
                              "ferjax's settings, or tcmalloc (default: tcmalloc where this "
@@ -325,7 +333,8 @@ def main(argv=None) -> None:
         # then alternating rounds, so that both sides sample the same stretch of a machine
         # whose speed drifts by up to 20 % over minutes.
         time_jax, dispatch_time, compiled = ferjax_stepper(
-            preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment)
+            preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment,
+            overrides={"data.host_image_size": args.host_image})
         child = None if args.no_torch else TorchChild(
             preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc)
         t_jax, t_torch = [], []
@@ -341,6 +350,8 @@ def main(argv=None) -> None:
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
         if args.augment != "preset":
             name += f", augment={args.augment}"
+        if args.host_image not in (0, args.image):
+            name += f", from {args.host_image} px"
         if args.torch_malloc != "default":
             name += f", PyTorch malloc={args.torch_malloc}"
         ratios = [t / j for t, j in zip(t_torch, t_jax)]
@@ -359,10 +370,12 @@ def main(argv=None) -> None:
                   f"`python -m benchmarks.train_step --presets {args.presets} --batch "
                   f"{args.batch} --image {args.image} --dtype {args.dtype} --steps "
                   f"{args.steps} --rounds {args.rounds} --warmup {args.warmup} --flip_bn "
-                  f"{args.flip_bn} --augment {args.augment} --torch_malloc "
-                  f"{args.torch_malloc}"
+                  f"{args.flip_bn} --augment {args.augment} --host_image {args.host_image} "
+                  f"--torch_malloc {args.torch_malloc}"
                   + (f" --peak_tflops {args.peak_tflops:g}" if args.peak_tflops else "")
-                  + f"`; {args.rounds} alternating rounds of {args.steps} "
+                  + f"`; ferjax's step gets uint8 batches at {args.host_image or args.image}"
+                  f" px and resizes them to {args.image} on device, the PyTorch step ready "
+                  f"{args.image} px tensors; {args.rounds} alternating rounds of {args.steps} "
                   f"steps a side after a compile step and {args.warmup} warm-up steps; "
                   "ferjax's steps queued, one wait a round; img/s: median over rounds; "
                   "ratio: median of the rounds' ratios; dispatch: median time for ferjax's "

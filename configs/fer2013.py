@@ -16,6 +16,7 @@ def get_config(arg=None):
     c = base_config()
     c.data.name = "fer2013"
     c.data.image_size = 96 if args.get("fast") else 224
+    c.data.host_image_size = 48                    # the images' side: upsampled on device
     c.data.eval_split = "test"
     apply_method(c, args["method"])
     c.train.batch_size = 128

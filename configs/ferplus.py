@@ -17,6 +17,7 @@ def get_config(arg=None):
     c.data.name = "ferplus"
     c.data.config = str(args["classes"])
     c.data.image_size = 224
+    c.data.host_image_size = 48                    # the images' side: upsampled on device
     apply_method(c, args["method"])
     c.train.batch_size = 64
     if c.optim.name == "sgd":

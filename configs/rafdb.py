@@ -19,6 +19,7 @@ def get_config(arg=None):
     c = base_config()
     c.data.name = "rafdb"
     c.data.image_size = 224
+    c.data.host_image_size = 100                   # the aligned faces' side: resized on device
     apply_method(c, args["method"])
     if c.model.name == "resnet18":
         c.model.pretrained_strict = False          # CBAM gates and the 7-class fc are new

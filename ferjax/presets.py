@@ -30,7 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.fold = -1                     # subject-independent CV fold (CK+); -1 = no folds
     d.num_folds = 10                # number of CV folds when fold >= 0
     d.holdout_fraction = 0.0        # per-class part of train_split held out as split 'holdout'
-    d.image_size = 224              # square model input side (host resize)
+    d.image_size = 224              # square model input side
+    d.host_image_size = 0           # side of host batches (0 = image_size); the step resizes them
     d.sampler = "uniform"           # 'uniform', 'class_balanced' or 'reversed'
     d.second_sampler = "reversed"   # sampler of the second stream (dual-branch forward only)
     d.num_workers = 0               # grain worker processes (0 = read in the main process)

@@ -70,6 +70,7 @@ class Recipe:
     eval_ops: tuple
     loss_static: dict       # scalars the terms read (class_weight, epsilons, ...)
     needs_second_stream: bool
+    image_size: int         # the model's input side; batches from the host are resized to it
 
 
 def make_recipe(config) -> Recipe:
@@ -84,9 +85,22 @@ def make_recipe(config) -> Recipe:
               "class_weight_reduction": loss.class_weight_reduction,
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
               "flip_bn": loss.flip_bn}
+    host_image_size(config.data)  # fail early on a bad value
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
                   augment_lib.parse_ops(config.augment), eval_ops, static,
-                  loss.forward == "dual_branch")
+                  loss.forward == "dual_branch", int(config.data.image_size))
+
+
+def host_image_size(data_cfg) -> int:
+    """The side of the batches the host pipeline delivers: config.data.host_image_size, or
+    config.data.image_size when that is 0. The step resizes them to image_size on device."""
+    for key in ("image_size", "host_image_size"):
+        value = data_cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (
+                key == "image_size" and value == 0):
+            raise ValueError(f"config.data.{key}={value!r}; expected a positive number of "
+                             f"pixels{' (or 0: image_size)' if key != 'image_size' else ''}")
+    return data_cfg.host_image_size or data_cfg.image_size
 
 
 def warn_if_flip_consistency_unattainable(config) -> None:
@@ -171,10 +185,11 @@ def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, clas
     key = jax.random.fold_in(base_key, step)
     k_aug, k_aug_rev, k_forward, k_dropout = jax.random.split(key, 4)
     batch = dict(batch)
-    batch["image"] = augment_lib.augment_batch(k_aug, batch["image"], recipe.train_ops)
+    batch["image"] = augment_lib.augment_batch(k_aug, batch["image"], recipe.train_ops,
+                                               recipe.image_size)
     if "image_rev" in batch:
         batch["image_rev"] = augment_lib.augment_batch(k_aug_rev, batch["image_rev"],
-                                                       recipe.train_ops)
+                                                       recipe.train_ops, recipe.image_size)
     nnx.reseed(model, dropout=k_dropout)
     ctx = methods.StepContext(class_weights, rebalance_weights, alpha, k_forward,
                               recipe.loss_static)
@@ -207,7 +222,8 @@ def make_eval_step(recipe: Recipe, num_classes: int):
 
     def eval_step(graphdef, state, batch):
         model = nnx.merge(graphdef, state)
-        x = augment_lib.augment_batch(jax.random.key(0), batch["image"], recipe.eval_ops)
+        x = augment_lib.augment_batch(jax.random.key(0), batch["image"], recipe.eval_ops,
+                                      recipe.image_size)
         logits = model(x)["logits"]
         pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
         true = jax.nn.one_hot(batch["label"], num_classes) * batch["mask"][:, None]
@@ -220,7 +236,7 @@ def evaluate(model, eval_step, eval_split: sources.Split, config, data_sharding,
              num_classes: int) -> np.ndarray:
     """One pass over the eval split; returns the (K, K) confusion matrix."""
     ds, _ = pipeline.eval_dataset(eval_split.source, global_batch_size=config.eval.batch_size,
-                                  image_size=config.data.image_size,
+                                  image_size=host_image_size(config.data),
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
     graphdef, state = nnx.split(nnx.view(model, deterministic=True, use_running_average=True,
@@ -322,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_classes = train_split.num_classes
     train_data = pipeline.train_dataset(
         train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
-        image_size=config.data.image_size, sampler=config.data.sampler,
+        image_size=host_image_size(config.data), sampler=config.data.sampler,
         second_sampler=config.data.second_sampler if recipe.needs_second_stream else None,
         seed=config.seed, num_workers=config.data.num_workers,
         process_index=jax.process_index(), process_count=jax.process_count())

@@ -42,3 +42,37 @@ def test_flip_or_noise_gives_the_image_its_flip_or_clipped_noise():
             seen.add("noise")
         np.testing.assert_array_equal(augment.flip_or_noise(key, x, {"prob": 0.0}), x)
     assert seen == {"unchanged", "flipped", "noise"}
+
+
+def _pil_resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+@pytest.mark.parametrize("side,size", [(20, 45), (48, 96), (45, 20), (30, 17)])
+def test_device_resize_agrees_with_the_host_and_pil_within_rounding(side, size):
+    """The step's resize of host batches gives what the host's (and PIL's, the reference
+    code's) bilinear resize gives, enlarging or shrinking, up to their uint8 rounding."""
+    from ferjax.data import pipeline
+    img = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    on_device = np.asarray(augment.resize_batch(jnp.asarray(img[None], jnp.float32), size))[0]
+    assert on_device.shape == (size, size, 3)
+    for host in (pipeline.resize(img, size), _pil_resize(img, size)):
+        np.testing.assert_allclose(on_device, host, atol=1.01)
+
+
+def test_opencv_aliases_when_shrinking_so_the_host_does_not_use_it():
+    import cv2
+    img = np.random.default_rng(0).integers(0, 256, (45, 45, 3), dtype=np.uint8)
+    aliased = cv2.resize(img, (20, 20), interpolation=cv2.INTER_LINEAR).astype(int)
+    assert np.abs(aliased - _pil_resize(img, 20)).max() > 30
+
+
+def test_augment_batch_resizes_to_the_model_side_first():
+    images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (3, 10, 10, 3), np.uint8))
+    ops = (("normalize", (("mean", (0.0, 0.0, 0.0)), ("std", (1.0, 1.0, 1.0)))),)
+    out = augment.augment_batch(jax.random.key(0), images, ops, size=16)
+    assert out.shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(out, augment.resize_batch(images / 255.0, 16), atol=1e-6)
+    same = augment.augment_batch(jax.random.key(0), images, ops, size=10)
+    np.testing.assert_allclose(same, images / 255.0, atol=1e-6)

@@ -33,15 +33,20 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "rlrcnet"])
 def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     config = load_config(f"{method},smoke", data_dir)
+    if method == "rlrcnet":  # the host batches at 24 px, the step resizes both streams to 32
+        config.data.host_image_size = 24
     fast_to_global = train.to_global
+    sides = set()
 
     def slow_to_global(batch, sharding):  # an input pipeline slower than the tiny steps
+        sides.update(batch[k].shape[1] for k in ("image", "image_rev") if k in batch)
         time.sleep(0.3)
         return fast_to_global(batch, sharding)
 
     monkeypatch.setattr(train, "to_global", slow_to_global)
     result = train.train_and_evaluate(config, str(tmp_path))
     assert result["step"] == config.train.num_steps
+    assert sides == {train.host_image_size(config.data)}  # train and eval batches
     assert 0.0 <= result["mean_class_accuracy"]["last"] <= 1.0
     assert set(result["per_class_accuracy"]) == {"surprise", "fear", "disgust", "happiness",
                                                  "sadness", "anger", "neutral"}
@@ -56,6 +61,20 @@ def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     assert len(waits) >= 3 and all(0.0 <= w <= 1.0 for w in waits)
     assert waits[0] < 0.5 < max(waits[1:])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+
+
+def test_host_image_size_defaults_to_the_model_side_and_names_a_bad_value():
+    config = load_config("baseline,smoke", "unused")
+    assert train.host_image_size(config.data) == config.data.image_size == 32
+    config.data.host_image_size = 100
+    assert train.host_image_size(config.data) == 100
+    assert train.make_recipe(config).image_size == 32
+    config.data.host_image_size = -1
+    with pytest.raises(ValueError, match=r"config\.data\.host_image_size=-1"):
+        train.make_recipe(config)
+    config.data.host_image_size, config.data.image_size = 0, 0
+    with pytest.raises(ValueError, match=r"config\.data\.image_size=0"):
+        train.host_image_size(config.data)
 
 
 def _params(workdir, config):
