@@ -8,7 +8,6 @@ the torchvision key layout import one to one (see `ferjax.models.pretrained`).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
 import jax
@@ -62,8 +61,11 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     2x2 output gradient; 156 ms of a 542 ms step). Both run here as one matmul over the k²
     shifted views, whose gradients are matmuls and slices.
 
-    A CPU convolution whose input map is larger than CPU_CONV_CHUNK_BYTES runs over slices
-    of the batch (see `cpu_batch_chunk`).
+    Large batches are not cut into slices: on a 2-core Intel Xeon with AMX, slices of 16
+    made ResNet-18 steps 5-9 % slower at batch 32 and 64, under glibc and tcmalloc alike
+    (benchmarks/RESULTS.md, thirteenth session). The gain they showed on an AMD EPYC was
+    measured before ferjax's malloc settings stopped the step's buffers being faulted in
+    anew every step, and was not measured again there.
     """
     on_cpu = jax.default_backend() == "cpu" and lhs.ndim == 4
     dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -74,40 +76,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
             and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
 
-    def lax_conv(x):
-        return jax.lax.conv_general_dilated(x, rhs, window_strides, padding, lhs_dilation,
-                                            rhs_dilation, dimension_numbers,
-                                            feature_group_count, precision=precision, **kwargs)
-
-    if on_cpu:
-        batch_axis, out_batch_axis = dims.lhs_spec[0], dims.out_spec[0]
-        batch = lhs.shape[batch_axis]
-        chunk = cpu_batch_chunk(lhs.shape, batch_axis, lhs.dtype.itemsize)
-        if chunk < batch:
-            return jnp.concatenate(
-                [lax_conv(jax.lax.slice_in_dim(lhs, start, min(start + chunk, batch),
-                                               axis=batch_axis))
-                 for start in range(0, batch, chunk)], axis=out_batch_axis)
-    return lax_conv(lhs)
-
-
-# Measured on a 2-core AMD EPYC, jaxlib 0.10.2 (benchmarks/RESULTS.md): ResNet-18 at 224 px
-# runs 16 images a step at 752-774 ms, 32 at 1,642-1,676 ms (9 % slower per image), and 32
-# with every convolution over two slices of 16 at 1,535-1,582 ms; mek (2 x 16 images through
-# the trunk) 1,730-2,173 -> 1,524-1,762 ms. Slices of 8 at batch 16 were slower (778-797 ms),
-# and at 64 px batch 128 (8 MiB maps) slicing changed nothing but doubled the compile time.
-CPU_CONV_CHUNK_BYTES = 16 * 2**20
-
-
-def cpu_batch_chunk(shape, batch_axis: int, itemsize: int, budget: int | None = None) -> int:
-    """How many images of a convolution input of `shape` XLA:CPU gets at a time: the whole
-    batch if it fits in `budget` bytes, else the batch cut into the fewest equal slices that
-    fit (32 images of 56x56x64 float32, 24.5 MiB -> 16; the last slice may be smaller)."""
-    budget = CPU_CONV_CHUNK_BYTES if budget is None else budget
-    batch = shape[batch_axis]
-    total = itemsize * math.prod(shape)
-    slices = min(batch, max(1, -(-total // budget)))
-    return -(-batch // slices)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
 
 
 def _smaller_than_kernel(size, kernel, strides, padding) -> bool:
