@@ -76,3 +76,23 @@ def test_augment_batch_resizes_to_the_model_side_first():
     np.testing.assert_allclose(out, augment.resize_batch(images / 255.0, 16), atol=1e-6)
     same = augment.augment_batch(jax.random.key(0), images, ops, size=10)
     np.testing.assert_allclose(same, images / 255.0, atol=1e-6)
+
+
+def test_augment_batch_is_each_op_on_each_example_in_turn():
+    """The batch-wide form (one vmap per op, the warp's input and output fenced on CPU)
+    gives what the ops give applied one example at a time."""
+    import pathlib
+
+    from ferjax.presets import load_config_file
+    config = load_config_file(pathlib.Path(__file__).parents[1] / "configs" / "rafdb.py",
+                              "rlrcnet")
+    ops = augment.parse_ops(config.augment)
+    assert "affine" in dict(ops) and "affine" in augment.WARPS
+    images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (3, 20, 20, 3), np.uint8))
+    key = jax.random.key(7)
+    batched = augment.augment_batch(key, images, ops)
+    for k, img, got in zip(jax.random.split(key, 3), images, batched):
+        want = img.astype(jnp.float32) / 255.0
+        for i, (name, params) in enumerate(ops):
+            want = augment.AUGMENTATIONS.get(name)(jax.random.fold_in(k, i), want, dict(params))
+        np.testing.assert_allclose(got, want, atol=1e-6)

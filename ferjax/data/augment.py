@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
 
+from ferjax.models.layers import materialize
 from ferjax.registry import Registry
 
 AugmentFn = Callable[[jax.Array, jax.Array, dict], jax.Array]
@@ -194,6 +195,14 @@ def resize_batch(x: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(x, (b, size, size, c), "linear", antialias=True)
 
 
+# Ops that resample at computed coordinates. XLA:CPU fuses the ops before and after one
+# into its gathers and recomputes them per tap: rlrcnet's five ops on 32 images at 224 px
+# took 156 ms; with the warp's input and output materialized (a fence, identity elsewhere
+# than on one CPU device) 62 ms, bitwise equal (benchmarks/RESULTS.md). Fencing every op
+# made mek's ops slower (28 -> 30 ms).
+WARPS = frozenset({"affine"})
+
+
 def augment_batch(key: jax.Array, images: jax.Array, ops: tuple,
                   size: int | None = None) -> jax.Array:
     """Applies `ops` [(name, params), ...] to uint8 images (B, H, W, 3) -> float32
@@ -205,15 +214,16 @@ def augment_batch(key: jax.Array, images: jax.Array, ops: tuple,
     x = images.astype(jnp.float32) / 255.0
     if size is not None:
         x = resize_batch(x, size)
-    fns = [(AUGMENTATIONS.get(name), dict(params)) for name, params in ops]
-
-    def one(k, img):
-        for i, (fn, params) in enumerate(fns):
-            img = fn(jax.random.fold_in(k, i), img, params)
-        return img
-
     keys = jax.random.split(key, x.shape[0])
-    return jax.vmap(one)(keys, x)
+    for i, (name, params) in enumerate(ops):
+        fn, params = AUGMENTATIONS.get(name), dict(params)
+        if name in WARPS:
+            x = materialize(x)
+        x = jax.vmap(lambda k, img, fn=fn, i=i, params=params:
+                     fn(jax.random.fold_in(k, i), img, params))(keys, x)
+        if name in WARPS:
+            x = materialize(x)
+    return x
 
 
 def _hashable(value):
