@@ -94,13 +94,17 @@ def make_recipe(config) -> Recipe:
 def host_image_size(data_cfg) -> int:
     """The side of the batches the host pipeline delivers: config.data.host_image_size, or
     config.data.image_size when that is 0. The step resizes them to image_size on device."""
-    for key in ("image_size", "host_image_size"):
-        value = data_cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (
-                key == "image_size" and value == 0):
-            raise ValueError(f"config.data.{key}={value!r}; expected a positive number of "
-                             f"pixels{' (or 0: image_size)' if key != 'image_size' else ''}")
-    return data_cfg.host_image_size or data_cfg.image_size
+    def pixels(value, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    image, host = data_cfg.image_size, data_cfg.host_image_size
+    if not pixels(image, 1):
+        raise ValueError(f"config.data.image_size={image!r}; expected a positive number of "
+                         "pixels")
+    if not pixels(host, 0):
+        raise ValueError(f"config.data.host_image_size={host!r}; expected a positive number "
+                         "of pixels (or 0: image_size)")
+    return host or image
 
 
 def warn_if_flip_consistency_unattainable(config) -> None:
