@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ferjax.models import winograd
+
 Array = jax.Array
 Dtype = Any
 
@@ -76,9 +78,17 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
             and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
 
+    if (on_cpu and plain and feature_group_count == 1 and dims == nhwc and precision is None
+            and all(v is None for v in kwargs.values()) and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+            and not isinstance(padding, str) and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+            and min(rhs.shape[2:]) >= WINOGRAD_MIN_CHANNELS):
+        return winograd.conv3x3(lhs, rhs)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
+
+
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def _smaller_than_kernel(size, kernel, strides, padding) -> bool:
