@@ -72,14 +72,14 @@ def test_transforms_are_adjoint_pairs(m):
 
 def test_cpu_convolutions_take_the_tile_choose_tile_gives(monkeypatch):
     """layers.conv_general_dilated: m = 4 on large maps, m = 2 on wide small ones, XLA's
-    own convolution for narrow ones, strided ones and other kernels."""
+    own convolution for narrow ones, strided ones, other kernels and bfloat16."""
     tiles = []
     monkeypatch.setattr(winograd, "conv3x3", lambda x, w, m: tiles.append(m) or lax_conv(x, w))
 
-    def route(side, cin, cout, stride=1, kernel=3):
+    def route(side, cin, cout, stride=1, kernel=3, dtype=jnp.float32):
         tiles.clear()
-        x = jax.ShapeDtypeStruct((2, side, side, cin), jnp.float32)
-        w = jax.ShapeDtypeStruct((kernel, kernel, cin, cout), jnp.float32)
+        x = jax.ShapeDtypeStruct((2, side, side, cin), dtype)
+        w = jax.ShapeDtypeStruct((kernel, kernel, cin, cout), dtype)
         pad = kernel // 2
         jax.eval_shape(lambda a, b: layers.conv_general_dilated(
             a, b, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC), x, w)
@@ -93,6 +93,7 @@ def test_cpu_convolutions_take_the_tile_choose_tile_gives(monkeypatch):
     assert route(big - 1, wide // 2, wide) == 0
     assert route(big, wide, wide, stride=2) == 0
     assert route(big, wide, wide, kernel=1) == 0
+    assert route(big, wide, wide, dtype=jnp.bfloat16) == 0
 
 
 def test_winograd_step_is_the_same_sharded_over_four_devices():

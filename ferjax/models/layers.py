@@ -80,8 +80,11 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
             and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
 
+    # float32 only: Winograd's transforms would lose more to bfloat16 rounding than the
+    # direct form does.
+    float32 = lhs.dtype == rhs.dtype == jnp.float32
     tile = (winograd.choose_tile(min(lhs.shape[1:3]), *rhs.shape[2:])
-            if on_cpu and plain and rhs.shape[:2] == (3, 3) else 0)
+            if on_cpu and plain and float32 and rhs.shape[:2] == (3, 3) else 0)
     if (tile and feature_group_count == 1 and dims == nhwc and precision is None
             and all(v is None for v in kwargs.values()) and tuple(window_strides) == (1, 1)
             and not isinstance(padding, str) and tuple(map(tuple, padding)) == ((1, 1), (1, 1))):
