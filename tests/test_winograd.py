@@ -96,15 +96,21 @@ def test_cpu_convolutions_take_the_tile_choose_tile_gives(monkeypatch):
     assert route(big, wide, wide, dtype=jnp.bfloat16) == 0
 
 
-def test_winograd_step_is_the_same_sharded_over_four_devices():
+@pytest.mark.parametrize("axis_type", ["auto", "explicit"])
+def test_winograd_step_is_the_same_sharded_over_four_devices(axis_type):
+    """On training's mesh (Auto axes) and on an Explicit one, where the kernel gradient's
+    sum over the sharded batch needs its output sharding spelled out."""
     x, kernel, g = random_conv_inputs(8, 6, 6, 4, 4, seed=1)
 
     def loss(x, w):
         return jnp.sum(winograd.conv3x3(x, w, 2) * g)
 
     single = jax.jit(jax.value_and_grad(loss, (0, 1)))(x, kernel)
-    mesh = train.make_mesh(jax.devices()[:4])   # as training shards its batches
-    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-    sharded = jax.jit(jax.value_and_grad(loss, (0, 1)))(xs, kernel)
+    mesh = (train.make_mesh(jax.devices()[:4]) if axis_type == "auto" else
+            jax.make_mesh((4,), ("data",), devices=jax.devices()[:4],
+                          axis_types=(jax.sharding.AxisType.Explicit,)))
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        sharded = jax.jit(jax.value_and_grad(loss, (0, 1)))(xs, kernel)
     for got, want in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

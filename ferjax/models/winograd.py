@@ -206,7 +206,9 @@ def _conv3x3_bwd(m: int, residuals, g: Array):
     v, u, shape = residuals
     dp = transform_output_adjoint(g, m)
     dv = jnp.einsum("tnhwo,tco->tnhwc", dp, u)
-    du = jnp.einsum("tnhwc,tnhwo->tco", v, dp)
+    # The sum over the batch: under an explicit-axes mesh the kernel's gradient takes the
+    # kernel's sharding (replicated), which jax does not infer from a sharded contraction.
+    du = jnp.einsum("tnhwc,tnhwo->tco", v, dp, out_sharding=jax.typeof(u).sharding)
     return transform_input_adjoint(dv, shape, m), transform_kernel_adjoint(du, m)
 
 
