@@ -85,11 +85,11 @@ def test_cpu_convolutions_take_the_tile_choose_tile_gives(monkeypatch):
             a, b, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC), x, w)
         return tiles[0] if tiles else 0
 
-    big, wide, narrow = (winograd.LARGE_MAP, winograd.WIDE_CHANNELS,
-                         winograd.LARGE_MAP_CHANNELS // 2)
-    assert route(big, narrow * 2, narrow * 2) == 4
+    big, wide, large_map_wide = (winograd.LARGE_MAP, winograd.WIDE_CHANNELS,
+                                 winograd.LARGE_MAP_CHANNELS)
+    assert route(big, large_map_wide, large_map_wide) == 4
     assert route(big - 1, wide, wide) == 2
-    assert route(big, narrow, narrow) == 0
+    assert route(big, large_map_wide // 2, large_map_wide // 2) == 0
     assert route(big - 1, wide // 2, wide) == 0
     assert route(big, wide, wide, stride=2) == 0
     assert route(big, wide, wide, kernel=1) == 0

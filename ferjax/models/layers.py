@@ -75,20 +75,20 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     plain = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-    if (on_cpu and plain and feature_group_count == 1 and not isinstance(padding, str)
-            and dims == nhwc
-            and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)):
+    cpu_nhwc = (on_cpu and plain and feature_group_count == 1 and not isinstance(padding, str)
+                and dims == nhwc)
+    if cpu_nhwc and _smaller_than_kernel(lhs.shape[1:3], rhs.shape[:2], window_strides, padding):
         return _shifted_views_matmul(lhs, rhs, tuple(window_strides), tuple(padding))
 
     # float32 only: Winograd's transforms would lose more to bfloat16 rounding than the
     # direct form does.
-    float32 = lhs.dtype == rhs.dtype == jnp.float32
-    tile = (winograd.choose_tile(min(lhs.shape[1:3]), *rhs.shape[2:])
-            if on_cpu and plain and float32 and rhs.shape[:2] == (3, 3) else 0)
-    if (tile and feature_group_count == 1 and dims == nhwc and precision is None
-            and all(v is None for v in kwargs.values()) and tuple(window_strides) == (1, 1)
-            and not isinstance(padding, str) and tuple(map(tuple, padding)) == ((1, 1), (1, 1))):
-        return winograd.conv3x3(lhs, rhs, tile)
+    if (cpu_nhwc and lhs.dtype == rhs.dtype == jnp.float32 and precision is None
+            and all(v is None for v in kwargs.values()) and rhs.shape[:2] == (3, 3)
+            and tuple(window_strides) == (1, 1)
+            and tuple(map(tuple, padding)) == ((1, 1), (1, 1))):
+        tile = winograd.choose_tile(min(lhs.shape[1:3]), *rhs.shape[2:])
+        if tile:
+            return winograd.conv3x3(lhs, rhs, tile)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
