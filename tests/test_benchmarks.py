@@ -129,3 +129,31 @@ def test_the_pytorch_process_gets_the_malloc_asked_for(tmp_path):
         torch_child_env("glibc", ours)
     with pytest.raises(FileNotFoundError, match="libtcmalloc-minimal4"):
         torch_child_env("tcmalloc", {"FERJAX_TCMALLOC": "0"})
+
+
+def test_gpu_script_runs_each_benchmark_with_its_arguments_and_keeps_the_logs(tmp_path):
+    """benchmarks/gpu.sh against a stand-in python that records its arguments: each part
+    calls its benchmark with the GPU settings, the wheels in .whl/ (if any) are installed
+    first, every part leaves its log and RESULTS.md in $OUT, and an unknown part stops."""
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\ncat > /dev/null\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "OUT": str(out), "BATCH": "32",
+           "WORKERS": "3"}
+    run = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, text=True,
+                         capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in calls.read_text().splitlines() if "pip install" not in line]
+    assert lines == [
+        "-",  # env: the heredoc script on stdin
+        "-m benchmarks.train_step --presets baseline,rul_cbam,mek,rlrcnet --batch 32 "
+        "--image 224 --dtype bfloat16 --steps 20 --rounds 3",
+        "-m benchmarks.epoch --preset mek --image 224 --batch 32 --dtype bfloat16 --workers 3",
+        "-m benchmarks.input_pipeline --size 100 --workers 3"]
+    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md", "env.log", "epoch.log",
+                                                      "input.log", "step.log"]
+    bad = subprocess.run(["bash", "benchmarks/gpu.sh", "train"], cwd=ROOT, env=env,
+                         text=True, capture_output=True, timeout=60)
+    assert bad.returncode == 2 and "unknown part train" in bad.stdout

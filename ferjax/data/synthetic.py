@@ -11,6 +11,7 @@ sadness/neutral differ only by a slight frown and tilted brows. `min_intensity` 
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -171,6 +172,22 @@ SPLIT_IDS = {"train": 0, "test": 1, "test_longtail": 2, "validation": 3}
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """Deterministic, independent stream for one example."""
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+def encoded_example(index_and_label: tuple[int, int], *, seed: int, split: str, size: int,
+                    min_intensity: float, param_noise_scale: float, label_noise: float,
+                    encoding: str = "png") -> tuple[bytes, int]:
+    """One example of a split as (encoded image, label after noise), from its index and
+    true label: the unit of work that builds run in parallel worker processes. The bytes
+    are those the TFDS Image feature would write for the drawn face."""
+    index, clean = index_and_label
+    rng = example_rng(seed, split, index)
+    face = draw_face(clean, rng, size, min_intensity=min_intensity,
+                     param_noise_scale=param_noise_scale)
+    label = noisy_label(clean, rng, label_noise)
+    buffer = io.BytesIO()
+    face.save(buffer, format=encoding)
+    return buffer.getvalue(), label
 
 
 def split_labels(split: str, *, train_size: int, test_per_class: int, longtail_test_size: int,

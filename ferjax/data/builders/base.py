@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
 import pathlib
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -30,9 +32,16 @@ class FerConfig(tfds.core.BuilderConfig):
     num_classes: int = 7
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Image bytes that ferjax itself encoded in the builder's ENCODING: stored unchanged."""
+    data: bytes
+
+
 @dataclasses.dataclass
 class Example:
-    """One example before encoding: `image` is a file path, PIL image or encoded bytes."""
+    """One example before encoding: `image` is a file path, PIL image, encoded bytes (checked
+    and re-encoded) or `Encoded` (stored as is)."""
     key: str
     image: Any
     label: int
@@ -91,6 +100,8 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _encodable(self, image: Any) -> Any:
         """Validates an image and returns what the Image feature should receive."""
+        if isinstance(image, Encoded):
+            return image.data
         if isinstance(image, Image.Image):
             return to_rgb8(image)
         if isinstance(image, (str, pathlib.Path)):
@@ -122,6 +133,21 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"{self.name}: split {split!r} came out empty"
                              + (f" ({len(skipped)} images were unreadable, first: {skipped[0]})"
                                 if skipped else "; check the manual_dir layout"))
+
+
+def map_in_order(fn: Callable[[Any], Any], items: Sequence[Any], *, min_parallel: int = 1000,
+                 workers: int | None = None) -> Iterator[Any]:
+    """fn over items, in order, in `workers` processes (default: one per CPU core, at most
+    16) when there are at least `min_parallel` items and 2 or more workers (for fewer items
+    the workers' start costs more than it saves). `fn` must be picklable (a module-level
+    function or a partial of one). Workers are spawned, not forked: the caller may hold
+    JAX's threads, which a fork can deadlock."""
+    workers = workers or min(len(os.sched_getaffinity(0)), 16)
+    if len(items) < min_parallel or workers < 2:
+        yield from map(fn, items)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(fn, items, chunksize=32)
 
 
 def require_file(path: pathlib.Path, what: str, instructions: str) -> pathlib.Path:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tensorflow_datasets as tfds
 
 from ferjax.data import synthetic
-from ferjax.data.builders.base import Example, FerBuilder, FerConfig
+from ferjax.data.builders.base import Encoded, Example, FerBuilder, FerConfig, map_in_order
 from ferjax.data.labels import canonical_classes
 
 
@@ -87,11 +88,10 @@ class SyntheticFer(FerBuilder):
                                         longtail_test_size=cfg.longtail_test_size,
                                         validation_per_class=cfg.validation_per_class,
                                         imbalance_ratio=cfg.imbalance_ratio, seed=cfg.seed)
-        noise = cfg.label_noise if split == "train" else 0.0
-        for index, clean in enumerate(labels):
-            rng = synthetic.example_rng(cfg.seed, split, index)
-            image = synthetic.draw_face(int(clean), rng, cfg.image_size,
-                                        min_intensity=cfg.min_intensity,
-                                        param_noise_scale=cfg.param_noise_scale)
-            label = synthetic.noisy_label(int(clean), rng, noise)
-            yield Example(f"{split}_{index:06d}", image, label, {"clean_label": int(clean)})
+        draw = functools.partial(
+            synthetic.encoded_example, seed=cfg.seed, split=split, size=cfg.image_size,
+            min_intensity=cfg.min_intensity, param_noise_scale=cfg.param_noise_scale,
+            label_noise=cfg.label_noise if split == "train" else 0.0, encoding=self.ENCODING)
+        jobs = [(index, int(clean)) for index, clean in enumerate(labels)]
+        for (index, clean), (image, label) in zip(jobs, map_in_order(draw, jobs)):
+            yield Example(f"{split}_{index:06d}", Encoded(image), label, {"clean_label": clean})
