@@ -206,9 +206,15 @@ def _conv3x3_bwd(m: int, residuals, g: Array):
     v, u, shape = residuals
     dp = transform_output_adjoint(g, m)
     dv = jnp.einsum("tnhwo,tco->tnhwc", dp, u)
-    # The sum over the batch: under an explicit-axes mesh the kernel's gradient takes the
-    # kernel's sharding (replicated), which jax does not infer from a sharded contraction.
-    du = jnp.einsum("tnhwc,tnhwo->tco", v, dp, out_sharding=jax.typeof(u).sharding)
+    # The sum over the batch and the tiles, flattened into one axis first: with three
+    # contracting axes XLA:CPU ordered them (h, n, w) and copied both operands into that
+    # order, where one transposed copy of v suffices. Under an explicit-axes mesh the
+    # kernel's gradient takes the kernel's sharding (replicated), which jax does not infer
+    # from a sharded contraction.
+    positions = v.shape[0]
+    du = jnp.einsum("tkc,tko->tco", v.reshape(positions, -1, v.shape[-1]),
+                    dp.reshape(positions, -1, dp.shape[-1]),
+                    out_sharding=jax.typeof(u).sharding)
     return transform_input_adjoint(dv, shape, m), transform_kernel_adjoint(du, m)
 
 
