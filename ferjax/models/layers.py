@@ -323,8 +323,9 @@ def max_pool_3x3_s2(x: Array) -> Array:
 
     On CPU it runs as the max of 9 strided views with a hand-written backward: XLA:CPU
     lowers the native pool's gradient (select-and-scatter) through index tensors, 4x slower
-    at ResNet's 112 px stem (207 -> 48 ms forward+backward, benchmarks/RESULTS.md). Same
-    values and, like torch, the gradient goes to the first maximum of each window.
+    at ResNet's 112 px stem (207 -> 48 ms forward+backward, benchmarks/RESULTS.md). The
+    forward keeps which tap won each window (int8) for the backward. Same values and, like
+    torch, the gradient goes to the first maximum of each window.
     """
     if jax.default_backend() != "cpu":
         return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -334,33 +335,43 @@ def max_pool_3x3_s2(x: Array) -> Array:
 def _strided_max_pool_fwd(x: Array):
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
     taps = window_views(padded, (3, 3), (2, 2))
-    out = taps[0]
-    for tap in taps[1:]:
+    out, winner = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    for index, tap in enumerate(taps[1:], 1):
+        # Strictly greater: a tie keeps the earlier tap, so each window's gradient goes
+        # to its first maximum, as in torch.
+        winner = jnp.where(tap > out, jnp.int8(index), winner)
         out = jnp.maximum(out, tap)
-    return out, (padded, out)
+    return out, (winner, x.shape[1:3])
 
 
 def _strided_max_pool_bwd(residuals, g: Array):
-    padded, out = residuals
-    # Materialise g and the pooled max first. Otherwise XLA fuses whatever computed them
-    # into this loop and recomputes it for every window that reads them: after ShuffleNet's
+    winner, (h, w) = residuals
+    # Materialise g and the winners first. Otherwise XLA fuses whatever computed them
+    # into this loop and recomputes it for every tap that reads them: after ShuffleNet's
     # depthwise backward (a 25-term shifted sum, two branches) that one fusion took 195 ms
-    # of rlrcnet's 670 ms step at 224 px (benchmarks/RESULTS.md).
-    g, out = fusion_fence((g, out))
-    h_out, w_out = out.shape[1:3]
-    taken = jnp.zeros(out.shape, bool)
-    grad = jnp.zeros(padded.shape, g.dtype)
+    # of rlrcnet's 670 ms step at 224 px (benchmarks/RESULTS.md), and the winners' chain
+    # of comparisons 70 ms of ResNet-18's.
+    g, winner = fusion_fence((g, winner))
+    n, h_out, w_out, c = g.shape
     zero = jnp.zeros((), g.dtype)
-    for index, tap in enumerate(window_views(padded, (3, 3), (2, 2))):
+    # Tap (i, j) of output (r, s) is padded position (2r + i, 2s + j). Split the padded
+    # map by the parity of (row, column): each of the four parts is a sum of 1, 2 or 4
+    # shifted copies of g, masked to the windows that tap won, and the parts interleave
+    # back into the map. Scattering each tap into the whole map instead (zeros between
+    # the strided positions) cost 11 ms of ResNet-18's 224 px step at batch 16.
+    parts: dict[tuple[int, int], Array] = {}
+    for index in range(9):
         i, j = divmod(index, 3)
-        first = (tap == out) & ~taken       # the first maximum of a window takes it all
-        taken = taken | first
-        # Scatter back to the strided positions: interior padding of stride - 1.
-        high_h = padded.shape[1] - (i + 2 * h_out - 1)
-        high_w = padded.shape[2] - (j + 2 * w_out - 1)
-        grad = grad + jax.lax.pad(jnp.where(first, g, zero), zero,
-                                  ((0, 0, 0), (i, high_h, 1), (j, high_w, 1), (0, 0, 0)))
-    return (grad[:, 1:-1, 1:-1, :],)
+        term = jnp.pad(jnp.where(winner == index, g, zero),
+                       ((0, 0), (i // 2, 1 - i // 2), (j // 2, 1 - j // 2), (0, 0)))
+        key = (i % 2, j % 2)
+        parts[key] = term + parts[key] if key in parts else term
+    # Fenced, or XLA fuses the parts into the interleaving copy and evaluates all nine
+    # terms for every position of the map (9.8 ms).
+    parts = fusion_fence(parts)
+    rows = [jnp.stack([parts[(row, 0)], parts[(row, 1)]], axis=3) for row in (0, 1)]
+    padded = jnp.stack(rows, axis=2).reshape(n, 2 * h_out + 2, 2 * w_out + 2, c)
+    return (padded[:, 1:1 + h, 1:1 + w, :],)
 
 
 _strided_max_pool = jax.custom_vjp(lambda x: _strided_max_pool_fwd(x)[0])
