@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common
+from benchmarks import common, profile_step
 from benchmarks.epoch import input_wait_share
 from benchmarks.train_step import set_config_field, step_usage, torch_child_env
 from benchmarks.variants import main as variants_main, parse_variant
@@ -157,3 +157,45 @@ def test_gpu_script_runs_each_benchmark_with_its_arguments_and_keeps_the_logs(tm
     bad = subprocess.run(["bash", "benchmarks/gpu.sh", "train"], cwd=ROOT, env=env,
                          text=True, capture_output=True, timeout=60)
     assert bad.returncode == 2 and "unknown part train" in bad.stdout
+
+
+HLO = """HloModule jit_train_step
+
+%fused_computation.1 (param_0: f32[4,8], param_1: f32[8,2]) -> f32[4,2] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,2]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}
+}
+
+%fused_computation.2 (param_0.1: f32[4,8]) -> f32[4,8] {
+  %param_0.1 = f32[4,8]{1,0} parameter(0)
+  %constant.1 = f32[] constant(2)
+  %broadcast.1 = f32[4,8]{1,0} broadcast(%constant.1), dimensions={}
+  ROOT %multiply.1 = f32[4,8]{1,0} multiply(%param_0.1, %broadcast.1)
+}
+
+ENTRY %main (x: f32[4,8], w: f32[8,2]) -> f32[4,2] {
+  %x = f32[4,8]{1,0} parameter(0)
+  %w = f32[8,2]{1,0} parameter(1)
+  %multiply_fusion = f32[4,8]{1,0} fusion(%x), kind=kLoop, calls=%fused_computation.2, metadata={op_name="jit(train_step)/jvp()/mul"}
+  %transpose.3 = f32[2,8]{1,0} transpose(%w), dimensions={1,0}
+  ROOT %ynn_fusion = f32[4,2]{1,0} fusion(%multiply_fusion, %w), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(train_step)/jvp(dense)/dot_general"}
+}
+"""
+
+
+def test_profile_tables_group_thunks_by_the_ops_they_fuse():
+    ops = profile_step.fused_ops(HLO)
+    assert profile_step.kind_of(ops["ynn_fusion"]) == "dot"
+    assert profile_step.kind_of(ops["multiply_fusion"]) == "elementwise"
+    assert profile_step.kind_of(ops["transpose.3"]) == "transpose"
+    events = [("ynn_fusion", 3000), ("ynn_fusion", 5000), ("multiply_fusion", 1000),
+              ("transpose.3", 500), ("$python frame", 9000), ("ThunkExecutor::Execute", 9000)]
+    trace = {"traceEvents": [{"ph": "X", "name": n, "dur": d} for n, d in events]
+             + [{"ph": "M", "name": "thread_name"}]}
+    total, count = profile_step.thunk_times(trace)
+    assert total == {"ynn_fusion": 8000, "multiply_fusion": 1000, "transpose.3": 500}
+    table = profile_step.report(total, count, HLO, steps=2, top=2)
+    assert "| dot | 4.0 | 1 |" in table and "| elementwise | 0.5 | 0 |" in table
+    assert "| ynn_fusion | 4.00 | dot | f32[4,2]{1,0} | jvp(dense)/dot_general |" in table
+    assert "transpose.3 |" not in table  # beyond top=2
