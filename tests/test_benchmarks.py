@@ -1,5 +1,6 @@
 """The benchmarks' measuring helpers: FLOPs, memory, peaks and the input-wait share."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -199,3 +200,27 @@ def test_profile_tables_group_thunks_by_the_ops_they_fuse():
     assert "| dot | 4.0 | 1 |" in table and "| elementwise | 0.5 | 0 |" in table
     assert "| ynn_fusion | 4.00 | dot | f32[4,2]{1,0} | jvp(dense)/dot_general |" in table
     assert "transpose.3 |" not in table  # beyond top=2
+
+
+def test_offline_wheels_bring_what_is_missing_and_what_is_too_old():
+    spec = importlib.util.spec_from_file_location(
+        "missing_requirements", ROOT / "launch" / "missing_requirements.py")
+    missing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(missing)
+    report = {"install": [
+        {"metadata": {"name": "ferjax", "version": "0.1.0", "requires_dist": [
+            "flax>=0.12.8", "grain>=0.2.18", "numpy>=1.26", "pytest>=8; extra == \"test\"",
+            "jax[cuda13]>=0.11; extra == \"gpu\""]}},
+        {"metadata": {"name": "flax", "version": "0.12.8"}},
+        {"metadata": {"name": "grain", "version": "0.2.18"}},
+        {"metadata": {"name": "numpy", "version": "2.4.6"}},
+        {"metadata": {"name": "pytest", "version": "9.0.1"}},
+        {"metadata": {"name": "dm_tree", "version": "0.1.10"}},
+        {"metadata": {"name": "protobuf", "version": "6.1"}}]}
+    have = missing.parse_have(["Flax==0.10.0", "numpy==2.5.2", "pytest==7.4.0", "protobuf==3.0",
+                               "dm-tree", "# comment", ""])
+    assert have["flax"] == "0.10.0" and have["dm-tree"] is None
+    assert missing.to_fetch(report, have) == [
+        "flax==0.12.8  # replaces 0.10.0",    # a direct requirement, too old
+        "grain==0.2.18",                      # missing
+        "pytest==9.0.1  # replaces 7.4.0"]    # the test extra counts; protobuf is indirect
