@@ -135,6 +135,14 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                 if skipped else "; check the manual_dir layout"))
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (all of them where the OS cannot say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def map_in_order(fn: Callable[[Any], Any], items: Sequence[Any], *, min_parallel: int = 1000,
                  workers: int | None = None) -> Iterator[Any]:
     """fn over items, in order, in `workers` processes (default: one per CPU core, at most
@@ -142,7 +150,7 @@ def map_in_order(fn: Callable[[Any], Any], items: Sequence[Any], *, min_parallel
     the workers' start costs more than it saves). `fn` must be picklable (a module-level
     function or a partial of one). Workers are spawned, not forked: the caller may hold
     JAX's threads, which a fork can deadlock."""
-    workers = workers or min(len(os.sched_getaffinity(0)), 16)
+    workers = workers or min(usable_cores(), 16)
     if len(items) < min_parallel or workers < 2:
         yield from map(fn, items)
         return
