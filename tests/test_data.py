@@ -2,10 +2,14 @@
 
 import csv
 import functools
+import importlib.util
 import io
 import logging
+import multiprocessing
 import pathlib
 import shutil
+import sys
+import types
 
 import ml_collections
 import numpy as np
@@ -281,14 +285,24 @@ def test_synthetic_is_deterministic_long_tailed_and_balanced_at_test(tmp_path):
     assert any(e["label"] != e["clean_label"] for e in clean)  # some labels are noisy
 
 
-def test_synthetic_examples_drawn_in_workers_equal_those_drawn_here():
+def test_synthetic_examples_drawn_in_workers_equal_those_drawn_here(monkeypatch):
     draw = functools.partial(synthetic.encoded_example, seed=0, split="train", size=32,
                              min_intensity=0.6, param_noise_scale=0.6, label_noise=0.5)
     jobs = [(index, index % 7) for index in range(40)]
     here = list(map_in_order(draw, jobs, min_parallel=len(jobs) + 1))
+    module = types.ModuleType("__main__")  # as under `python -m ...`
+    module.__spec__ = importlib.util.find_spec("ferjax.data.build")
+    monkeypatch.setitem(sys.modules, "__main__", module)
     workers = list(map_in_order(draw, jobs, min_parallel=0, workers=2))
     assert workers == here
     assert any(label != clean for (_, clean), (_, label) in zip(jobs, here))  # noise drawn
+    # A script run by path may lack an `if __name__ == "__main__"` guard, which spawned
+    # workers would run again: its builds stay in its own process.
+    script = types.ModuleType("__main__")
+    script.__file__, script.__spec__ = "/somewhere/train_my_model.py", None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    monkeypatch.setattr(multiprocessing, "get_context", None)  # would fail if called
+    assert list(map_in_order(draw, jobs, min_parallel=0, workers=2)) == here
     # The stored bytes decode to exactly the face drawn from the example's stream.
     face = synthetic.draw_face(3, synthetic.example_rng(0, "train", 3), 32)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(here[3][0]))),

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
@@ -143,15 +144,26 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def main_module_reimports_safely() -> bool:
+    """Whether spawned workers may re-import the main module, as they do on start: true for
+    modules run with `python -m` (ferjax's own entry points guard their work behind
+    `if __name__ == "__main__"`) and interactive sessions. A script run by path may lack that
+    guard, and then each worker would run it again."""
+    main = sys.modules.get("__main__")
+    return (main is None or getattr(main, "__spec__", None) is not None
+            or not hasattr(main, "__file__"))
+
+
 def map_in_order(fn: Callable[[Any], Any], items: Sequence[Any], *, min_parallel: int = 1000,
                  workers: int | None = None) -> Iterator[Any]:
     """fn over items, in order, in `workers` processes (default: one per CPU core, at most
     16) when there are at least `min_parallel` items and 2 or more workers (for fewer items
-    the workers' start costs more than it saves). `fn` must be picklable (a module-level
-    function or a partial of one). Workers are spawned, not forked: the caller may hold
-    JAX's threads, which a fork can deadlock."""
+    the workers' start costs more than it saves), and in this process otherwise or when
+    the main module is a script (`main_module_reimports_safely`). `fn` must be picklable (a
+    module-level function or a partial of one). Workers are spawned, not forked: the caller
+    may hold JAX's threads, which a fork can deadlock."""
     workers = workers or min(usable_cores(), 16)
-    if len(items) < min_parallel or workers < 2:
+    if len(items) < min_parallel or workers < 2 or not main_module_reimports_safely():
         yield from map(fn, items)
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
