@@ -65,43 +65,56 @@ def main(argv=None) -> None:
             times.append(time.perf_counter() - start)
             print(json.dumps({"epoch": epoch, "seconds": times[-1],
                               "mean_class_accuracy": result["mean_class_accuracy"]["last"]}))
-        wait = input_wait_share(workdir / "metrics.jsonl", after_step=steps)
+        seconds, waited, timed_steps = steady_windows(workdir / "metrics.jsonl",
+                                                      after_step=steps)
+    wait, steady = waited / seconds, steps * seconds / timed_steps
     px = (f"{args.image}" if args.host_image in (0, args.image)
           else f"{args.image} (host {args.host_image})")
     row = (f"| {args.preset} | {px} | {args.batch} | {args.dtype} | {steps} | "
-           f"{times[0]:.1f} | {times[1]:.1f} | {100 * wait:.1f} |")
+           f"{times[0]:.1f} | {times[1]:.1f} | {steady:.1f} | {100 * wait:.1f} |")
     append_result("Epoch on RAF-DB-sized synthetic (12,271 images)", machine_summary(),
                   "| preset | px | batch | dtype | steps | epoch 1 s (with compile) | "
-                  "epoch 2 s (resumed) | input wait % (epoch 2) |\n"
-                  "|---|---|---|---|---|---|---|---|", [row],
+                  "epoch 2 s (resumed) | epoch 2 training s, steady | "
+                  "input wait % (epoch 2) |\n"
+                  "|---|---|---|---|---|---|---|---|---|", [row],
                   f"`python -m benchmarks.epoch --preset {args.preset} --image {args.image} "
                   f"--batch {args.batch} --dtype {args.dtype} --host_image "
                   f"{args.host_image}`; wall time of "
                   "train_and_evaluate for one epoch including evaluation on 3,067 test "
                   "images; epoch 2 restarts the process state (restore + compile) as a "
-                  "resumed run does; input wait: the share of epoch 2's training time the "
+                  "resumed run does; steady: epoch 2's steps at the rate of its log "
+                  "windows after the first (which holds the compilation), evaluation "
+                  "excluded; input wait: the share of that time the "
                   "loop spent waiting for batches (train/input_wait_fraction), an upper "
                   "bound on the device's idle time for want of input.")
 
 
-def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
-    """The share of training time after `after_step` that the loop spent waiting for
-    batches: train/input_wait_fraction of each log window, weighted by the window's
-    seconds (its steps / train/steps_per_second), leaving out the first window after
-    `after_step`, which holds the resumed run's compilation."""
+def steady_windows(metrics_jsonl: pathlib.Path, after_step: int) -> tuple[float, float, int]:
+    """(seconds, seconds waiting for input, steps) of the training log windows after
+    `after_step`, leaving out the first of them, which holds a resumed run's compilation.
+    A window's seconds are its steps over its train/steps_per_second."""
     rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines()]
     rows = [r for r in rows if "train/input_wait_fraction" in r]
     waited = seconds = 0.0
-    previous_step = 0
+    steps = previous_step = 0
     for r in rows:
         if previous_step > after_step:
             window = (r["step"] - previous_step) / r["train/steps_per_second"]
             waited += window * r["train/input_wait_fraction"]
             seconds += window
+            steps += r["step"] - previous_step
         previous_step = r["step"]
     if not seconds:
         raise ValueError(f"{metrics_jsonl} has no train/input_wait_fraction after step "
                          f"{after_step}")
+    return seconds, waited, steps
+
+
+def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
+    """The share of training time after `after_step` that the loop spent waiting for
+    batches (train/input_wait_fraction of each log window, weighted by the window's
+    seconds), without the compilation window (`steady_windows`)."""
+    seconds, waited, _ = steady_windows(metrics_jsonl, after_step)
     return waited / seconds
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import common, profile_step
-from benchmarks.epoch import input_wait_share
+from benchmarks.epoch import input_wait_share, steady_windows
 from benchmarks.train_step import set_config_field, step_usage, torch_child_env
 from benchmarks.variants import main as variants_main, parse_variant
 from ferjax.presets import base_config
@@ -65,6 +65,7 @@ def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(t
         "step": s, "train/input_wait_fraction": w, "train/steps_per_second": r,
         "train/loss": 1.0}) for s, w, r in rows) + "\n" + json.dumps({"step": 9, "eval/x": 1}))
     assert input_wait_share(path, after_step=4) == pytest.approx((0.5 * 1 + 0.2 * 2) / 3)
+    assert steady_windows(path, after_step=4) == pytest.approx((3.0, 0.9, 4))
     with pytest.raises(ValueError, match="metrics.jsonl"):
         input_wait_share(path, after_step=9)
 
