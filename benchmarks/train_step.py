@@ -8,7 +8,7 @@ one invocation. ferjax's step includes its on-device augmentation and, as config
 runs it, the resize of the host's 100 px batches to --image (`--host_image`); the PyTorch
 step gets ready tensors, as from a DataLoader. So the comparison does not favour ferjax;
 `--augment normalize` keeps only the normalisation, for a like-for-like step. On CUDA the
-PyTorch step uses AMP (bf16 autocast) and channels_last. The PyTorch step runs in a child
+PyTorch step uses AMP (bf16 autocast), channels_last and cuDNN autotuning. It runs in a child
 process. Where ferjax runs under tcmalloc (`python -m benchmarks.train_step` relaunches
 itself under it, as `ferjax.main` does, when the machine has it) the PyTorch process gets
 tcmalloc too; otherwise glibc's default malloc, as a PyTorch user runs it.
@@ -180,6 +180,7 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
     else:
         opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-4)
     if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest
         model = model.to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, image, image, device=device)
     if device == "cuda":
