@@ -17,12 +17,8 @@ import re
 import sys
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as normal
 from packaging.version import InvalidVersion, Version
-
-
-def normal(name: str) -> str:
-    """A distribution name as pip compares them."""
-    return re.sub(r"[-_.]+", "-", name.strip().lower())
 
 
 def parse_have(lines) -> dict[str, str | None]:
@@ -32,7 +28,8 @@ def parse_have(lines) -> dict[str, str | None]:
         line = line.strip()
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
-            have[normal(re.split(r"[<>@ ]", name, maxsplit=1)[0])] = version.strip() or None
+            have[normal(re.split(r"[<>@ ]", name.strip(), maxsplit=1)[0])] = (
+                version.strip() or None)
     return have
 
 
