@@ -117,6 +117,15 @@ def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
     assert example["image"].dtype == np.uint8 and example["image"].shape[-1] == 3
 
 
+def test_building_leaves_no_temporary_folders(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    save_image(tmp_path / "faces" / "happy" / "a.jpg")
+    build("image_folder", tmp_path / "faces", tmp_path / "data")
+    assert list(temp.iterdir()) == []
+
+
 def test_image_folder_bad_image_is_fatal_with_the_flag(tmp_path):
     root = tmp_path / "faces"
     save_image(root / "happy" / "a.jpg")

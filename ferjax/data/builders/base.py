@@ -83,11 +83,16 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }
         mapping = {name: canonical_classes(8)[c]
                    for name, c in zip(self.SOURCE_CLASSES, self.SOURCE_TO_CANONICAL)}
-        return self.dataset_info_from_configs(
+        info = self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(source_classes=list(self.SOURCE_CLASSES),
                                             source_to_canonical=mapping))
+        # Before a dataset is prepared, TFDS looks for its metadata on TFDS's own bucket
+        # (never there for these datasets, and off in TFDS by default) and leaves an empty
+        # temporary folder behind each time.
+        info.initialize_from_bucket = lambda: None
+        return info
 
     # -- generation ---------------------------------------------------------------------
 
