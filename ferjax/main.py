@@ -39,6 +39,37 @@ def init_distributed() -> None:
         jax.distributed.initialize()
 
 
+def unknown_field(config, dotted: str) -> str | None:
+    """Why override `dotted` ('train.batch_sise') names no field of `config`, or None."""
+    node, parts = config, dotted.split(".")
+    for i, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node.keys():
+            owner = ".".join(["config", *parts[:i]])
+            fields = f"; its fields: {', '.join(sorted(node.keys()))}" if hasattr(node, "keys") \
+                else f": it is a value ({type(node).__name__}), not a group of fields"
+            return f"{owner} has no field {part!r}{fields}"
+        node = node[part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error for an override of a field the config
+    lacks (ml_collections raises it from deep inside the parser, as a traceback)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        from ferjax.presets import load_config_file
+        spec = next((b for a, b in zip(argv, argv[1:]) if a == "--config"), None) or next(
+            (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        path, _, arg = (spec or "").partition(":")
+        config = load_config_file(path, arg or None)
+        for name in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
+            reason = unknown_field(config, name[len("--config."):])
+            if reason:
+                sys.exit(f"error: {name}: {reason}")
+        raise
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -64,4 +95,4 @@ def main(argv) -> int:
 if __name__ == "__main__":
     from ferjax import malloc_tuning
     MALLOC_NOTE = malloc_tuning.relaunch_under_tcmalloc()  # may re-execute this command
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
