@@ -110,14 +110,6 @@ def steady_windows(metrics_jsonl: pathlib.Path, after_step: int) -> tuple[float,
     return seconds, waited, steps
 
 
-def input_wait_share(metrics_jsonl: pathlib.Path, after_step: int) -> float:
-    """The share of training time after `after_step` that the loop spent waiting for
-    batches (train/input_wait_fraction of each log window, weighted by the window's
-    seconds), without the compilation window (`steady_windows`)."""
-    seconds, waited, _ = steady_windows(metrics_jsonl, after_step)
-    return waited / seconds
-
-
 if __name__ == "__main__":
     from ferjax import malloc_tuning
     print(malloc_tuning.relaunch_under_tcmalloc(), file=sys.stderr)  # as ferjax.main

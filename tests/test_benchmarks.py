@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import common, profile_step
-from benchmarks.epoch import input_wait_share, steady_windows
+from benchmarks.epoch import steady_windows
 from benchmarks.train_step import set_config_field, step_usage, torch_child_env
 from benchmarks.variants import main as variants_main, parse_variant
 from ferjax.presets import base_config
@@ -56,7 +56,7 @@ def test_step_usage_cells():
     assert step_usage(compiled, 1.0, None).split(" | ")[1] == "—"  # CPU: peak unknown
 
 
-def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(tmp_path):
+def test_steady_windows_weight_windows_by_time_and_skip_the_compile_window(tmp_path):
     # (step, input wait fraction, steps/s): windows (4, 5] and (5, 7] last 1 s each,
     # (7, 9] 2 s; the first window past step 4 holds the compilation and is left out.
     rows = [(2, 0.1, 1.0), (4, 0.0, 2.0), (5, 0.9, 1.0), (7, 0.5, 2.0), (9, 0.2, 1.0)]
@@ -64,10 +64,10 @@ def test_input_wait_share_weights_windows_by_time_and_skips_the_compile_window(t
     path.write_text("\n".join(json.dumps({
         "step": s, "train/input_wait_fraction": w, "train/steps_per_second": r,
         "train/loss": 1.0}) for s, w, r in rows) + "\n" + json.dumps({"step": 9, "eval/x": 1}))
-    assert input_wait_share(path, after_step=4) == pytest.approx((0.5 * 1 + 0.2 * 2) / 3)
-    assert steady_windows(path, after_step=4) == pytest.approx((3.0, 0.9, 4))
+    seconds, waited, steps = steady_windows(path, after_step=4)
+    assert (seconds, waited, steps) == pytest.approx((3.0, 0.5 * 1 + 0.2 * 2, 4))
     with pytest.raises(ValueError, match="metrics.jsonl"):
-        input_wait_share(path, after_step=9)
+        steady_windows(path, after_step=9)
 
 
 @pytest.mark.parametrize("name", ["train_step", "input_pipeline", "epoch", "scaling",
