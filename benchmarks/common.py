@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import pathlib
 import platform
+
+import numpy as np
 
 import ferjax  # (sets ferjax's XLA:CPU flags before any benchmark starts JAX)
 from ferjax import malloc_tuning
@@ -73,15 +76,57 @@ def bf16_peak_flops(device_kind: str) -> float | None:
     return None
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs one device runs per call of a compiled (partitioned) jax function, from XLA's
-    cost analysis; None where the backend gives none. Convolutions and dots count two
-    FLOPs per multiply-add, as in model FLOPs utilisation."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # one dict per program in older jax
-        analysis = analysis[0] if analysis else None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+def jaxpr_flops(jaxpr) -> float:
+    """FLOPs of the convolutions and matrix products in a (closed) jaxpr, two per
+    multiply-add, nested jaxprs included (a scan's body times its length, the costliest
+    branch of a cond): model FLOPs, whatever the backend's compiler makes of them.
+
+    XLA's own count (`compiled.cost_analysis()`) is what the compiler made: on GPU it has
+    returned -1 or miscounted rewritten matrix products in some jax releases (jax issues
+    16008, 22249) and adds a few FLOPs per element of every elementwise op. Counted here,
+    a convolution's multiply-adds are those whose input tap lies inside the input: neither
+    in its padding nor between the rows of a dilated input, so the input gradient of a
+    strided convolution counts what the forward did, not the zeros its dilated form
+    multiplies.
+    """
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+                lhs[d] for d in contract)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        nested = []
+        for value in eqn.params.values():
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            costs = [jaxpr_flops(item) for item in items
+                     if hasattr(item, "eqns") or hasattr(getattr(item, "jaxpr", None), "eqns")]
+            if costs:
+                nested.append(max(costs))  # cond branches: the costliest
+        total += sum(nested) * (eqn.params.get("length", 1) if name == "scan" else 1)
+    return total
+
+
+def _conv_flops(eqn) -> float:
+    p = eqn.params
+    lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    out = eqn.outvars[0].aval.shape
+    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    taps = 1
+    for i, (low, _) in enumerate(p["padding"]):
+        size, kernel, out_size = lhs[lhs_spec[2 + i]], rhs[rhs_spec[2 + i]], out[out_spec[2 + i]]
+        lhs_dilation = (p["lhs_dilation"] or (1,) * len(p["padding"]))[i]
+        rhs_dilation = (p["rhs_dilation"] or (1,) * len(p["padding"]))[i]
+        # Position of each (output, kernel tap) pair in the padded, dilated input.
+        at = (np.arange(out_size)[:, None] * p["window_strides"][i]
+              + np.arange(kernel)[None, :] * rhs_dilation - low)
+        taps *= int(np.count_nonzero((at >= 0) & (at <= (size - 1) * lhs_dilation)
+                                     & (at % lhs_dilation == 0)))
+    return 2.0 * out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * taps
 
 
 def compiled_buffer_bytes(compiled) -> int | None:

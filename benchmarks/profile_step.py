@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     import jax
 
     from benchmarks.train_step import ferjax_stepper
-    time_steps, _, compiled = ferjax_stepper(args.preset, args.batch, args.image, args.dtype,
+    time_steps, _, compiled, _ = ferjax_stepper(args.preset, args.batch, args.image, args.dtype,
                                              warmup=3)
     step_ms = 1e3 * min(time_steps(args.steps) for _ in range(3))
     with tempfile.TemporaryDirectory() as tmp:

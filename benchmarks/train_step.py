@@ -16,8 +16,8 @@ tcmalloc too; otherwise glibc's default malloc, as a PyTorch user runs it.
 `ferjax.malloc_tuning`) or `tcmalloc`. The two sides take turns
 in `--rounds` rounds (one idles on a pipe while the other runs), and the ratio is the
 median of the rounds' ratios: a ratio from one stretch of time, on machines whose speed
-drifts. Each row also gives the step's FLOPs rate (XLA's cost analysis of the compiled
-step), its model FLOPs utilisation against the device's dense bf16 peak (known GPUs and
+drifts. Each row also gives the step's FLOPs rate (the convolutions and matrix products
+in its jaxpr, `benchmarks.common.jaxpr_flops`), its model FLOPs utilisation against the device's dense bf16 peak (known GPUs and
 TPUs, or `--peak_tflops`), the memory XLA assigned to the step, and on GPU/TPU the
 allocator's peak. Results are appended to benchmarks/RESULTS.md.
 """
@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from benchmarks.common import (append_result, bf16_peak_flops, compiled_buffer_bytes,
-                               compiled_flops, device_peak_bytes, machine_summary)
+                               device_peak_bytes, jaxpr_flops, machine_summary)
 
 PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
@@ -43,8 +43,8 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
                    compiler_options=None):
     """Builds and warms up the preset's jitted step; returns `time_steps(n)`, seconds per
     step with n steps queued back to back, `dispatch_time(n)`, the median seconds until
-    a step call returns (the host's share, which a fast accelerator step cannot hide), and
-    the compiled step (for its cost and memory analyses).
+    a step call returns (the host's share, which a fast accelerator step cannot hide), the
+    compiled step (for its memory analysis) and the step's model FLOPs (`jaxpr_flops`).
 
     The step gets uint8 batches of the side the host pipeline would deliver,
     `config.data.host_image_size` (configs/rafdb.py: 100, resized to `image` in the step),
@@ -86,8 +86,10 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
         key, weights = jax.random.key(0), jnp.ones(7)
 
-        lowered = step_fn.lower(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,
-                                weights)
+        traced = step_fn.trace(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,
+                               weights)
+        # The jaxpr holds the global batch's work; each device does its share of it.
+        flops, lowered = jaxpr_flops(traced.jaxpr) / mesh.size, traced.lower()
         if compiler_options is not None:
             step_fn = compiled = lowered.compile(compiler_options or None)
 
@@ -124,7 +126,7 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
                 jax.block_until_ready(out)
         return float(np.median(dispatch))
 
-    return time_steps, dispatch_time, compiled
+    return time_steps, dispatch_time, compiled, flops
 
 
 def set_config_field(config, key: str, value) -> None:
@@ -150,13 +152,13 @@ def set_config_field(config, key: str, value) -> None:
     node[path[-1]] = value
 
 
-def step_usage(compiled, seconds_per_step: float, peak_tflops: float | None) -> str:
+def step_usage(compiled, flops: float, seconds_per_step: float,
+               peak_tflops: float | None) -> str:
     """Table cells 'TFLOP/s | MFU | step buffers GiB | device peak GiB' of a compiled step
-    that took `seconds_per_step`; '—' where the backend or the peak is unknown."""
+    of `flops` that took `seconds_per_step`; '—' where the backend or the peak is unknown."""
     import jax
 
     device = jax.local_devices()[0]
-    flops = compiled_flops(compiled)
     peak = peak_tflops * 1e12 if peak_tflops else bf16_peak_flops(device.device_kind)
     buffers, device_peak = compiled_buffer_bytes(compiled), device_peak_bytes(device)
     cells = [f"{flops / seconds_per_step / 1e12:.3f}" if flops else "—",
@@ -333,7 +335,7 @@ def main(argv=None) -> None:
         # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
         # then alternating rounds, so that both sides sample the same stretch of a machine
         # whose speed drifts by up to 20 % over minutes.
-        time_jax, dispatch_time, compiled = ferjax_stepper(
+        time_jax, dispatch_time, compiled, flops = ferjax_stepper(
             preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment,
             overrides={"data.host_image_size": args.host_image})
         child = None if args.no_torch else TorchChild(
@@ -346,7 +348,7 @@ def main(argv=None) -> None:
         if child is not None:
             child.close()
         t_dispatch = dispatch_time(args.steps)
-        usage = step_usage(compiled, float(np.median(t_jax)), args.peak_tflops)
+        usage = step_usage(compiled, flops, float(np.median(t_jax)), args.peak_tflops)
         del time_jax, dispatch_time, compiled
         name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
         if args.augment != "preset":
@@ -380,9 +382,10 @@ def main(argv=None) -> None:
                   f"steps a side after a compile step and {args.warmup} warm-up steps; "
                   "ferjax's steps queued, one wait a round; img/s: median over rounds; "
                   "ratio: median of the rounds' ratios; dispatch: median time for ferjax's "
-                  "step call to return (the host's share); TFLOP/s: XLA's count of the "
-                  "compiled step's FLOPs (one device) over its median time; MFU: that over "
-                  "the device's dense bf16 peak; step buffers: arguments + unaliased outputs "
+                  "step call to return (the host's share); TFLOP/s: the FLOPs of the "
+                  "convolutions and matrix products in the step's jaxpr (2 per multiply-add; "
+                  "on CPU Winograd's, fewer than the direct form's), one device's share, "
+                  "over its median time; MFU: that over the device's dense bf16 peak; step buffers: arguments + unaliased outputs "
                   "+ temporaries XLA assigned to one step; device peak: the allocator's peak "
                   "so far in this process (presets in the order given); PyTorch fp32 "
                   "eager on CPU, AMP bf16 + channels_last on CUDA, in its own process with "

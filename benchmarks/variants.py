@@ -63,7 +63,7 @@ def main(argv=None) -> None:
 
     timers = []
     for name, options, overrides in variants:
-        time_steps, _, _ = ferjax_stepper(args.preset, args.batch, args.image, args.dtype,
+        time_steps, *_ = ferjax_stepper(args.preset, args.batch, args.image, args.dtype,
                                           args.warmup, overrides=overrides,
                                           compiler_options=options)
         timers.append(time_steps)

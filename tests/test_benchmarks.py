@@ -28,14 +28,41 @@ def test_bf16_peak_takes_the_most_specific_device_name(kind, tflops):
     assert (peak is None) if tflops is None else peak == tflops * 1e12
 
 
-def test_compiled_flops_count_two_per_multiply_add():
+def conv(x, w, stride=1, padding="SAME", groups=1):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
+
+
+def test_jaxpr_flops_count_two_per_multiply_add():
     x, w = jnp.ones((32, 48)), jnp.ones((48, 80))
-    assert common.compiled_flops(jax.jit(jnp.matmul).lower(x, w).compile()) == 2 * 32 * 48 * 80
+    assert common.jaxpr_flops(jax.make_jaxpr(jnp.matmul)(x, w)) == 2 * 32 * 48 * 80
     images, kernel = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 8))
-    conv = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
-        a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    flops = common.compiled_flops(conv.lower(images, kernel).compile())
-    assert flops == pytest.approx(2 * 2 * 8 * 8 * 8 * 3 * 3 * 3, rel=0.01)
+    valid = jax.make_jaxpr(lambda a, b: conv(a, b, padding="VALID"))(images, kernel)
+    assert common.jaxpr_flops(valid) == 2 * 2 * 8 * 8 * 8 * 3 * 3 * 3
+    # 'SAME' on a side of 10: 10 * 3 output-tap pairs, less the 2 that fall in the padding.
+    same = jax.make_jaxpr(conv)(images, kernel)
+    assert common.jaxpr_flops(same) == 2 * 2 * 8 * 3 * (10 * 3 - 2) ** 2
+    # Nested: a jitted call inside a scan of 3 steps.
+    scan = jax.make_jaxpr(lambda a: jax.lax.scan(
+        lambda c, _: (jax.jit(jnp.matmul)(c, a), None), a, None, length=3)[0])(jnp.ones((4, 4)))
+    assert common.jaxpr_flops(scan) == 3 * 2 * 4 ** 3
+
+
+@pytest.mark.parametrize("stride,padding,groups,kernel", [
+    (1, "SAME", 1, 3), (2, "SAME", 1, 3), (2, ((3, 3), (3, 3)), 1, 7), (2, ((1, 1), (1, 1)), 4, 3)])
+def test_jaxpr_flops_of_a_convolution_and_its_gradients_agree_with_xla(stride, padding, groups,
+                                                                       kernel):
+    x = jnp.ones((2, 13, 13, 4))
+    w = jnp.ones((kernel, kernel, 4 // groups, 8))
+    forward = jax.jit(lambda a, b: conv(a, b, stride, padding, groups))
+    flops = common.jaxpr_flops(forward.trace(x, w).jaxpr)
+    assert flops == forward.lower(x, w).compile().cost_analysis()["flops"]
+    # Both gradients (input and kernel) do the forward's multiply-adds once more each,
+    # the strided input gradient included: its dilated input's zeros are not counted.
+    both = jax.make_jaxpr(jax.grad(lambda a, b: conv(a, b, stride, padding, groups).sum(),
+                                   argnums=(0, 1)))(x, w)
+    assert common.jaxpr_flops(both) == 3 * flops
 
 
 def test_compiled_buffers_count_a_donated_output_once():
@@ -50,10 +77,11 @@ def test_step_usage_cells():
     n = 2048  # three 16 MiB matrices: 0.05 GiB of buffers
     compiled = jax.jit(jnp.matmul).lower(jnp.ones((n, n)), jnp.ones((n, n))).compile()
     flops = 2 * n ** 3
-    cells = step_usage(compiled, seconds_per_step=flops / 1e12, peak_tflops=4.0).split(" | ")
+    cells = step_usage(compiled, flops, seconds_per_step=flops / 1e12,
+                       peak_tflops=4.0).split(" | ")
     assert cells[:3] == ["1.000", "25.0 %", "0.05"]  # 1 TFLOP/s on a 4 TFLOP/s device
     assert cells[3] == "—"                            # CPU: no allocator statistics
-    assert step_usage(compiled, 1.0, None).split(" | ")[1] == "—"  # CPU: peak unknown
+    assert step_usage(compiled, flops, 1.0, None).split(" | ")[1] == "—"  # CPU: peak unknown
 
 
 def test_steady_windows_weight_windows_by_time_and_skip_the_compile_window(tmp_path):
