@@ -96,8 +96,9 @@ def test_missing_or_empty_manual_dir_names_the_folder(tmp_path):
 
 # ------------------------------------------------------------------------------ image folder
 
-def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
-    root = tmp_path / "faces"
+def odd_images_folder(root):
+    """An image_folder tree with every image mode ferjax converts, a corrupt and a
+    truncated file."""
     save_image(root / "train" / "happy" / "a.jpg")
     save_image(root / "train" / "happy" / "grey.png", mode="L")
     save_image(root / "train" / "sad" / "cmyk.jpg", mode="CMYK")
@@ -108,6 +109,11 @@ def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
     save_image(good, size=(64, 64))
     good.write_bytes(good.read_bytes()[:200])  # truncated
     save_image(root / "test" / "angry" / "t.jpg")
+    return root
+
+
+def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
+    root = odd_images_folder(tmp_path / "faces")
     builder = build("image_folder", root, tmp_path / "data")
     counts = labels_of(builder, "train")
     assert counts.tolist() == [0, 0, 0, 2, 2, 0, 1]
@@ -124,6 +130,29 @@ def test_building_leaves_no_temporary_folders(tmp_path, monkeypatch):
     save_image(tmp_path / "faces" / "happy" / "a.jpg")
     build("image_folder", tmp_path / "faces", tmp_path / "data")
     assert list(temp.iterdir()) == []
+
+
+def test_images_encoded_in_workers_are_stored_as_encoded_here(tmp_path, monkeypatch):
+    root = odd_images_folder(tmp_path / "faces")
+    here = build("image_folder", root, tmp_path / "here")
+    module = types.ModuleType("__main__")  # as under `python -m ...`
+    module.__spec__ = importlib.util.find_spec("ferjax.data.build")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    monkeypatch.setitem(map_in_order.__kwdefaults__, "min_parallel", 1)
+    monkeypatch.setattr("ferjax.data.builders.base.usable_cores", lambda: 2)
+    pools = []
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr("ferjax.data.builders.base.multiprocessing.get_context",
+                        lambda method: pools.append(method) or spawn)
+    workers = build("image_folder", root, tmp_path / "workers")
+    assert pools == ["spawn", "spawn"]  # train and test went through worker pools
+    assert workers.skipped == here.skipped and len(workers.skipped["train"]) == 2
+    for split in ("train", "test"):
+        a, b = here.as_data_source(split), workers.as_data_source(split)
+        assert len(a) == len(b) > 0
+        for i in range(len(a)):
+            assert a[i]["id"] == b[i]["id"] and a[i]["label"] == b[i]["label"]
+            np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
 
 
 def test_image_folder_bad_image_is_fatal_with_the_flag(tmp_path):

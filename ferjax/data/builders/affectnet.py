@@ -7,7 +7,7 @@ import pathlib
 
 from PIL import Image
 
-from ferjax.data.builders.base import Example, FerBuilder, FerConfig, require_file
+from ferjax.data.builders.base import Example, FerBuilder, FerConfig, LazyImage, require_file
 from ferjax.data.images import BadImageError, open_rgb
 
 INSTRUCTIONS = """
@@ -65,12 +65,9 @@ class Affectnet(FerBuilder):
                 yield Example(row["subDirectory_filePath"], _LazyCrop(path, box),
                               self.SOURCE_TO_CANONICAL[code])
 
-    def _encodable(self, image):
-        return image.load() if isinstance(image, _LazyCrop) else super()._encodable(image)
 
-
-class _LazyCrop:
-    """Decodes and crops only when the example is written (keeps generation streaming)."""
+class _LazyCrop(LazyImage):
+    """The face crop, decoded and cut only when the example is encoded (in a worker)."""
 
     def __init__(self, path: pathlib.Path, box: tuple[int, int, int, int]):
         self.path, self.box = path, box

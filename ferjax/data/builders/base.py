@@ -9,12 +9,15 @@ with `on_bad_image='fail'`); a split that comes out empty is an error.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
+import itertools
 import logging
 import multiprocessing
 import os
 import pathlib
 import sys
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -39,10 +42,19 @@ class Encoded:
     data: bytes
 
 
+class LazyImage:
+    """An image read only when its example is encoded (in a worker process, when the
+    builder encodes in workers): `load()` returns it as a PIL image or raises
+    BadImageError naming the file. Subclasses must be picklable."""
+
+    def load(self) -> Image.Image:
+        raise NotImplementedError
+
+
 @dataclasses.dataclass
 class Example:
-    """One example before encoding: `image` is a file path, PIL image, encoded bytes (checked
-    and re-encoded) or `Encoded` (stored as is)."""
+    """One example before encoding: `image` is a file path, `LazyImage`, PIL image, encoded
+    bytes (checked and re-encoded) or `Encoded` (stored as is)."""
     key: str
     image: Any
     label: int
@@ -58,6 +70,10 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     SOURCE_TO_CANONICAL: tuple[int, ...] = ()  # native index -> canonical index
     ENCODING = "jpeg"
     NEEDS_MANUAL_DIR = True
+    # Decode, check and encode images in one worker process per core (`map_in_order`):
+    # for builders whose examples point at image files. Builders whose examples arrive
+    # decoded or encoded already gain nothing from shipping them to workers.
+    ENCODE_IN_WORKERS = True
 
     def __init__(self, *, on_bad_image: str = "skip", **kwargs):
         if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -104,34 +120,22 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_examples(self, manual_dir: pathlib.Path | None) -> dict[str, Iterable[Example]]:
         raise NotImplementedError(f"{type(self).__name__} must define _split_examples")
 
-    def _encodable(self, image: Any) -> Any:
-        """Validates an image and returns what the Image feature should receive."""
-        if isinstance(image, Encoded):
-            return image.data
-        if isinstance(image, Image.Image):
-            return to_rgb8(image)
-        if isinstance(image, (str, pathlib.Path)):
-            decoded = open_rgb(image)  # raises BadImageError naming the file
-            if self.ENCODING == "jpeg" and is_plain_rgb_jpeg(image):
-                return str(image)      # store the original bytes unchanged
-            return decoded
-        return open_rgb(image)
-
     def _generate_examples(self, split: str,
                            examples: Iterable[Example]) -> Iterator[tuple[str, dict]]:
         skipped = self.skipped.setdefault(split, [])
         count = 0
-        for ex in examples:
-            try:
-                image = self._encodable(ex.image)
-            except BadImageError as e:
+        encode = functools.partial(encoded_example, encoding=self.ENCODING)
+        encoded = map_in_order(encode, examples) if self.ENCODE_IN_WORKERS else map(
+            encode, examples)
+        for key, features, error in encoded:
+            if error is not None:
                 if self.on_bad_image == "fail":
-                    raise
-                skipped.append(str(e))
-                log.warning("skipping: %s", e)
+                    raise BadImageError(error)
+                skipped.append(error)
+                log.warning("skipping: %s", error)
                 continue
             count += 1
-            yield ex.key, {"image": image, "label": ex.label, "id": ex.key, **ex.extra}
+            yield key, features
         if skipped:
             log.warning("%s/%s: skipped %d unreadable images (first: %s)", self.name, split,
                         len(skipped), skipped[0])
@@ -139,6 +143,41 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"{self.name}: split {split!r} came out empty"
                              + (f" ({len(skipped)} images were unreadable, first: {skipped[0]})"
                                 if skipped else "; check the manual_dir layout"))
+
+
+def stored_image(image: Any, encoding: str) -> bytes:
+    """The bytes the TFDS Image feature (`encoding`: 'jpeg' or 'png') stores for `image`:
+    an `Encoded` image's own, a plain RGB JPEG file's own (for 'jpeg'), else the image
+    decoded, converted to 8-bit RGB and saved as the Image feature saves a PIL image.
+
+    Raises:
+      BadImageError: naming the file, if it is missing, corrupt or truncated.
+    """
+    if isinstance(image, Encoded):
+        return image.data
+    if isinstance(image, LazyImage):
+        image = image.load()
+    if isinstance(image, Image.Image):
+        decoded = to_rgb8(image)
+    else:
+        decoded = open_rgb(image)  # checks every file fully, also those stored unchanged
+        if isinstance(image, (str, pathlib.Path)) and encoding == "jpeg" \
+                and is_plain_rgb_jpeg(image):
+            return pathlib.Path(image).read_bytes()
+    buffer = io.BytesIO()
+    decoded.save(buffer, format=encoding)
+    return buffer.getvalue()
+
+
+def encoded_example(example: Example, *, encoding: str) -> tuple[str, dict | None, str | None]:
+    """(key, features with the image encoded, None), or (key, None, why the image cannot be
+    read): the unit of work of a build's worker processes."""
+    try:
+        image = stored_image(example.image, encoding)
+    except BadImageError as e:
+        return example.key, None, str(e)
+    return example.key, {"image": image, "label": example.label, "id": example.key,
+                         **example.extra}, None
 
 
 def usable_cores() -> int:
@@ -159,20 +198,23 @@ def main_module_reimports_safely() -> bool:
             or not hasattr(main, "__file__"))
 
 
-def map_in_order(fn: Callable[[Any], Any], items: Sequence[Any], *, min_parallel: int = 1000,
+def map_in_order(fn: Callable[[Any], Any], items: Iterable[Any], *, min_parallel: int = 1000,
                  workers: int | None = None) -> Iterator[Any]:
     """fn over items, in order, in `workers` processes (default: one per CPU core, at most
     16) when there are at least `min_parallel` items and 2 or more workers (for fewer items
     the workers' start costs more than it saves), and in this process otherwise or when
-    the main module is a script (`main_module_reimports_safely`). `fn` must be picklable (a
-    module-level function or a partial of one). Workers are spawned, not forked: the caller
-    may hold JAX's threads, which a fork can deadlock."""
+    the main module is a script (`main_module_reimports_safely`). Items are read as the
+    workers take them. `fn` and the items must be picklable (a module-level function or a
+    partial of one). Workers are spawned, not forked: the caller may hold JAX's threads,
+    which a fork can deadlock."""
     workers = workers or min(usable_cores(), 16)
-    if len(items) < min_parallel or workers < 2 or not main_module_reimports_safely():
-        yield from map(fn, items)
+    items = iter(items)
+    head = list(itertools.islice(items, min_parallel))
+    if len(head) < min_parallel or workers < 2 or not main_module_reimports_safely():
+        yield from map(fn, itertools.chain(head, items))
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=32)
+        yield from pool.imap(fn, itertools.chain(head, items), chunksize=32)
 
 
 def require_file(path: pathlib.Path, what: str, instructions: str) -> pathlib.Path:

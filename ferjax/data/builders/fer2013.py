@@ -44,6 +44,7 @@ class Fer2013(FerBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = FER_INSTRUCTIONS
     ENCODING = "png"
+    ENCODE_IN_WORKERS = False  # pixels arrive decoded from the CSV
     SOURCE_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
     SOURCE_TO_CANONICAL = (5, 2, 1, 3, 4, 0, 6)
 
@@ -76,6 +77,7 @@ class Ferplus(FerBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = FERPLUS_INSTRUCTIONS
     ENCODING = "png"
+    ENCODE_IN_WORKERS = False  # pixels arrive decoded from the CSV
     BUILDER_CONFIGS = [FerConfig(name="8", description="majority vote, 8 classes", num_classes=8),
                        FerConfig(name="7", description="majority vote, contempt dropped",
                                  num_classes=7)]

@@ -46,6 +46,7 @@ class SyntheticFer(FerBuilder):
 
     NEEDS_MANUAL_DIR = False
     ENCODING = "png"
+    ENCODE_IN_WORKERS = False  # its own worker pool draws and encodes
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "First release: expressions at intensity 0.35-1, full parameter noise.",
