@@ -61,8 +61,15 @@ def per_class_table(summary: dict, class_names: Sequence[str]) -> str:
 
 def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
                        title: str = "") -> None:
-    """Writes the row-normalised confusion matrix as a PNG (cell shade = recall share,
-    text = percent and count)."""
+    """Writes `confusion_picture` as a PNG, replacing `path` in one step."""
+    tmp = path + ".tmp.png"
+    confusion_picture(cm, class_names, title).save(tmp)
+    os.replace(tmp, path)
+
+
+def confusion_picture(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
+    """The row-normalised (K, K) confusion matrix as a PIL image: cell shade = share of the
+    true class, text = percent and count."""
     from PIL import Image, ImageDraw, ImageFont
 
     cm = np.asarray(cm, np.int64)
@@ -94,9 +101,7 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
             d.text((x0 + 6, y0 + 34), f"{cm[i, j]}", fill=ink, font=font)
     d.text((6, top + k * cell + 12), "rows: true class (normalised to 100 %)", fill="black",
            font=font)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    return img
 
 
 class MetricWriter:
@@ -125,6 +130,11 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.add_text(tag, f"```\n{text}\n```", int(step))
 
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """An (H, W, 3) uint8 picture, to TensorBoard only."""
+        if self._tb is not None:
+            self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+
     def flush(self) -> None:
         self._jsonl.flush()
         if self._tb is not None:
@@ -143,6 +153,9 @@ class NullWriter:
         pass
 
     def write_text(self, step, tag, text):
+        pass
+
+    def write_image(self, step, tag, image):
         pass
 
     def flush(self):

@@ -461,6 +461,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 **{f"eval/class_accuracy/{n}": a
                    for n, a in zip(eval_split.class_names, summary["per_class_accuracy"])
                    if not np.isnan(a)}})
+            writer.write_image(at_step, "eval/confusion_matrix", np.asarray(
+                metrics_lib.confusion_picture(cm, eval_split.class_names,
+                                              f"step {at_step}, {config.data.eval_split}")))
         message = (f"eval step {at_step} (epoch {at_step / steps_per_epoch:.2f}): "
                    f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
                    f"{100 * summary['mean_class_accuracy']:.2f}")

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import struct
 import time
 
 import jax
@@ -30,6 +31,22 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
+def tensorboard_tags(directory: pathlib.Path) -> tuple[set[str], set[str]]:
+    """The scalar and the image tags in a directory of TensorBoard event files (records:
+    length u64, its crc u32, an Event proto, the proto's crc u32)."""
+    from tensorboardX.proto.event_pb2 import Event
+    scalars, images = set(), set()
+    for path in directory.iterdir():
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = Event.FromString(data[12:12 + length])
+            data = data[12 + length + 4:]
+            for value in event.summary.value:
+                (images if value.HasField("image") else scalars).add(value.tag)
+    return scalars, images
+
+
 @pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "rlrcnet"])
 def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     config = load_config(f"{method},smoke", data_dir)
@@ -53,7 +70,10 @@ def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     for name in ("config.json", "summary.json", "confusion_matrix.png", "metrics.jsonl",
                  "evals.jsonl"):
         assert (tmp_path / name).exists(), name
-    assert any((tmp_path / "tensorboard").iterdir())
+    scalars, images = tensorboard_tags(tmp_path / "tensorboard")
+    assert {"train/loss", "train/input_wait_fraction", "eval/accuracy",
+            "eval/mean_class_accuracy", "eval/class_accuracy/fear"} <= scalars
+    assert images == {"eval/confusion_matrix"}
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in x and np.isfinite(x["train/loss"]) for x in lines)
     # The first window holds the compilation; in the others the loop mostly waits for data.
