@@ -109,9 +109,10 @@ def summary(builder) -> str:
     names = builder.info.features["label"].names
     lines = [f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} "
              f"at {builder.data_dir}"]
+    width = max(map(len, builder.info.splits), default=0)
     for split in builder.info.splits:
         counts = label_counts(builder, split)
-        lines.append(f"  {split:<10} {int(counts.sum()):>7}  " +
+        lines.append(f"  {split:<{width}} {int(counts.sum()):>7}  " +
                      "  ".join(f"{n}={c}" for n, c in zip(names, counts)))
     for split, skipped in getattr(builder, "skipped", {}).items():
         if skipped:
