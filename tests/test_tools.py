@@ -1,5 +1,6 @@
 """Configs, the command-line entry points, evaluate and predict on a trained tiny workdir."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -56,16 +57,33 @@ def test_evaluate_writes_table_and_picture(trained):
 
 def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     paths = []
-    for i, mode in enumerate(("RGB", "L")):
-        p = tmp_path / f"face{i}.png"
+    for i, mode in enumerate(("RGB", "L", "RGB")):
+        p = tmp_path / "faces" / f"face{i}.{'png' if i < 2 else 'JPG'}"
+        p.parent.mkdir(exist_ok=True)
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 40, 3), np.uint8)
-                        ).convert(mode).save(p)
+                        ).convert(mode).save(p, format="PNG" if i < 2 else "JPEG")
         paths.append(str(p))
-    results = predict.predict_files(str(trained), paths)
+    (tmp_path / "faces" / "notes.txt").write_text("not an image")
+    results = list(predict.predict_files(str(trained), paths))
     assert [r["file"] for r in results] == paths
     for r in results:
         assert r["prediction"] in r["probabilities"]
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    # Batches of 2 (the last one padded) give what one batch gives.
+    for r, s in zip(results, predict.predict_files(str(trained), paths, batch_size=2)):
+        assert r["probabilities"] == pytest.approx(s["probabilities"], abs=1e-5)
+    # A folder is searched for images; an unreadable one is reported in its place.
+    broken = tmp_path / "faces" / "face1b.png"
+    broken.write_bytes(b"not a png")
+    jsonl = tmp_path / "out.jsonl"
+    assert predict.main(["--workdir", str(trained), "--batch_size", "2", "--jsonl", str(jsonl),
+                         str(tmp_path / "faces")]) == 1
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [pathlib.Path(r["file"]).name for r in lines] == [
+        "face0.png", "face1.png", "face1b.png", "face2.JPG"]
+    assert "face1b.png" in lines[2]["error"] and "prediction" in lines[3]
+    out = capsys.readouterr()
+    assert out.out.count(": ") == 3 and "1 of 4 images could not be read" in out.err
     assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
     assert "image not found" in capsys.readouterr().err
 
