@@ -16,7 +16,7 @@
 # batch and the input workers. On a machine that cannot reach PyPI, put the wheels that
 # launch/offline_wheels.sh fetches in .whl/: they are installed first.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 BATCH=${BATCH:-64}

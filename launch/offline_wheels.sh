@@ -28,7 +28,7 @@ mkdir -p "$DEST"
 
 # What a fresh install of ferjax with its test extra would take, names and versions.
 "$PY" -m pip install -q --dry-run --ignore-installed --report "$WORK/report.json" \
-  "$ROOT[test]" 2>/dev/null
+  "${ROOT}[test]" 2>/dev/null
 "$PY" "$ROOT/launch/missing_requirements.py" "$WORK/report.json" "$HAVE" > "$WORK/missing.txt"
 
 PLATFORMS=()
