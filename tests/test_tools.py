@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferjax import evaluate, predict, train
+from ferjax import evaluate, export, predict, train
 from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,6 +86,34 @@ def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     assert out.out.count(": ") == 3 and "1 of 4 images could not be read" in out.err
     assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
     assert "image not found" in capsys.readouterr().err
+
+
+def test_exported_weights_give_pytorch_the_same_logits(trained, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    assert export.main(["--workdir", str(trained), "--checkpoint", "latest", str(out)]) == 0
+    assert "class order: surprise, fear" in capsys.readouterr().out
+    from safetensors import safe_open
+    with safe_open(str(out), "np") as f:
+        assert json.loads(f.metadata()["classes"])[:2] == ["surprise", "fear"]
+    assert export.main(["--workdir", str(trained), str(tmp_path / "w.pth")]) == 1
+    assert "safetensors or .npz" in capsys.readouterr().err
+    npz = export.export_workdir(str(trained), str(tmp_path / "w.npz"), "latest")
+    assert npz["tensors"] == len(np.load(tmp_path / "w.npz").files) - 1  # and __classes__
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    from benchmarks.torch_reference import TorchResNet18
+    from ferjax.workdir import restore_model
+    reference = TorchResNet18(num_classes=7, width=8)
+    missing, unexpected = reference.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in load_file(str(out)).items()}, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    reference.eval()
+    _, model, _, _ = restore_model(str(trained), "latest")
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(model(images)["logits"]), expected, atol=1e-4)
 
 
 def test_main_rejects_an_unknown_config_key(tmp_path):
