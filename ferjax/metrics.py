@@ -26,17 +26,27 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def accuracy_summary(cm: np.ndarray) -> dict:
-    """Overall accuracy, mean class accuracy (unweighted mean of per-class recall over the
-    classes present in the evaluated set) and per-class accuracy (NaN for absent classes)."""
+    """Metrics of a (K, K) confusion matrix (rows true, columns predicted).
+
+    Returns overall accuracy; per-class accuracy (recall, NaN for a class absent from the
+    evaluated set) and its unweighted mean over the classes present, mean class accuracy;
+    per-class precision (0 for a class never predicted) and F1 (NaN for an absent class),
+    and macro F1, the mean F1 over the classes present; the support of each class.
+    """
     cm = np.asarray(cm, np.float64)
-    support = cm.sum(axis=1)
+    support, predicted, hits = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
     total = support.sum()
-    per_class = np.divide(np.diag(cm), support, out=np.full(len(cm), np.nan),
-                          where=support > 0)
-    return {"accuracy": float(np.trace(cm) / total) if total else float("nan"),
-            "mean_class_accuracy": float(np.nanmean(per_class)) if np.any(support > 0)
-            else float("nan"),
-            "per_class_accuracy": per_class, "support": support.astype(np.int64)}
+    present = support > 0
+    recall = np.divide(hits, support, out=np.full(len(cm), np.nan), where=present)
+    precision = np.divide(hits, predicted, out=np.zeros(len(cm)), where=predicted > 0)
+    # F1 = 2PR / (P + R) = 2·hits / (support + predicted), 0 when hits are.
+    f1 = np.divide(2 * hits, support + predicted, out=np.full(len(cm), np.nan), where=present)
+    nan = float("nan")
+    return {"accuracy": float(np.trace(cm) / total) if total else nan,
+            "mean_class_accuracy": float(np.nanmean(recall)) if present.any() else nan,
+            "macro_f1": float(np.nanmean(f1)) if present.any() else nan,
+            "per_class_accuracy": recall, "per_class_precision": precision,
+            "per_class_f1": f1, "support": support.astype(np.int64)}
 
 
 def history_summary(values: Sequence[float], k: int = 5) -> dict:
@@ -49,13 +59,19 @@ def history_summary(values: Sequence[float], k: int = 5) -> dict:
 
 
 def per_class_table(summary: dict, class_names: Sequence[str]) -> str:
-    """A plain-text table of per-class accuracy and support."""
-    lines = [f"{'class':<12}{'accuracy':>10}{'support':>10}"]
-    for name, acc, n in zip(class_names, summary["per_class_accuracy"], summary["support"]):
-        shown = "-" if np.isnan(acc) else f"{100 * acc:.2f}"
-        lines.append(f"{name:<12}{shown:>10}{int(n):>10}")
-    lines.append(f"{'mean class':<12}{100 * summary['mean_class_accuracy']:>10.2f}")
-    lines.append(f"{'overall':<12}{100 * summary['accuracy']:>10.2f}{int(summary['support'].sum()):>10}")
+    """A plain-text table of per-class accuracy (recall), precision, F1 and support, in %."""
+    def cell(value):
+        return f"{'-' if np.isnan(value) else f'{100 * value:.2f}':>10}"
+
+    lines = [f"{'class':<12}{'accuracy':>10}{'precision':>10}{'F1':>10}{'support':>10}"]
+    for name, acc, prec, f1, n in zip(class_names, summary["per_class_accuracy"],
+                                      summary["per_class_precision"], summary["per_class_f1"],
+                                      summary["support"]):
+        lines.append(f"{name:<12}{cell(acc)}{cell(prec)}{cell(f1)}{int(n):>10}")
+    lines.append(f"{'mean class':<12}{cell(summary['mean_class_accuracy'])}{'':>10}"
+                 f"{cell(summary['macro_f1'])}")
+    lines.append(f"{'overall':<12}{cell(summary['accuracy'])}{'':>20}"
+                 f"{int(summary['support'].sum()):>10}")
     return "\n".join(lines)
 
 

@@ -450,7 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary = metrics_lib.accuracy_summary(cm)
         last_cm = cm
         record = {"step": at_step, "accuracy": summary["accuracy"],
-                  "mean_class_accuracy": summary["mean_class_accuracy"]}
+                  "mean_class_accuracy": summary["mean_class_accuracy"],
+                  "macro_f1": summary["macro_f1"]}
         history.append(record)
         if is_writer:
             with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
@@ -458,6 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write_scalars(at_step, {
                 "eval/accuracy": summary["accuracy"],
                 "eval/mean_class_accuracy": summary["mean_class_accuracy"],
+                "eval/macro_f1": summary["macro_f1"],
                 **{f"eval/class_accuracy/{n}": a
                    for n, a in zip(eval_split.class_names, summary["per_class_accuracy"])
                    if not np.isnan(a)}})
@@ -528,8 +530,10 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
     k = config.train.mean_of_last_k
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
                               "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
-    for metric in ("accuracy", "mean_class_accuracy"):
-        result[metric] = metrics_lib.history_summary([h[metric] for h in history], k)
+    for metric in ("accuracy", "mean_class_accuracy", "macro_f1"):
+        # (evaluations logged before macro F1 was recorded lack it)
+        result[metric] = metrics_lib.history_summary([h[metric] for h in history
+                                                      if metric in h], k)
     if cm is not None:
         summary = metrics_lib.accuracy_summary(cm)
         table = metrics_lib.per_class_table(summary, class_names)
