@@ -12,7 +12,7 @@ from ferjax.presets import apply_method, base_config, parse_arg
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, method="rlrcnet")
+    args = parse_arg(arg, method="rlrcnet", fast=False)
     c = base_config()
     c.data.name = "fer2013"
     c.data.image_size = 96 if args.get("fast") else 224

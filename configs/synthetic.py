@@ -16,7 +16,7 @@ from ferjax.presets import apply_method, base_config, parse_arg
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, method="baseline")
+    args = parse_arg(arg, method="baseline", smoke=False)
     c = base_config()
     c.data.name = "synthetic_fer"
     c.data.config = "default"

@@ -53,21 +53,37 @@ def unknown_field(config, dotted: str) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a one-line error for an override of a field the config
-    lacks (ml_collections raises it from deep inside the parser, as a traceback)."""
+    """absl's flag parsing, with one-line errors for what ml_collections reports as a
+    traceback: a config file that cannot be loaded, an error in its `get_config` (a config
+    argument it does not take, say) and an override of a field the config lacks."""
     try:
-        return app.parse_flags_with_usage(argv)
+        rest = FLAGS(argv)
+        if FLAGS["config"].value is not None:
+            FLAGS.config.keys()  # a config file that failed to load raises only when read
+        return rest
+    except OSError as e:
+        sys.exit(f"error: --config={_config_spec(argv)}: {str(e).strip().splitlines()[-1].strip()}")
+    except flags.Error as e:
+        message = str(e).strip()
+        if "Error whilst parsing config file" in message:
+            sys.exit(f"error: --config={_config_spec(argv)}: {message.splitlines()[-1].strip()}")
+        sys.exit(f"FATAL Flags parsing error: {message}\n"
+                 "Pass --helpshort or --helpfull to see help on flags.")
     except (AttributeError, KeyError):
         from ferjax.presets import load_config_file
-        spec = next((b for a, b in zip(argv, argv[1:]) if a == "--config"), None) or next(
-            (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        path, _, arg = (spec or "").partition(":")
+        path, _, arg = (_config_spec(argv) or "").partition(":")
         config = load_config_file(path, arg or None)
         for name in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
             reason = unknown_field(config, name[len("--config."):])
             if reason:
                 sys.exit(f"error: {name}: {reason}")
         raise
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    """The value of --config in argv ('path[:arg]'), given as '--config X' or '--config=X'."""
+    return next((b for a, b in zip(argv, argv[1:]) if a == "--config"), None) or next(
+        (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
 
 
 def main(argv) -> int:

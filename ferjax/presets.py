@@ -167,6 +167,31 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
     return c
 
 
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first field of `config` that `base_config()` lacks (a
+    typo in a config file would otherwise be a new field nothing reads). Exempt: the loss
+    terms (a name -> weight mapping, checked against the registered terms) and the
+    parameter groups of the augmentation ops the config lists."""
+    import difflib
+
+    def walk(node, reference, path):
+        for key in node.keys():
+            name = f"{path}.{key}"
+            if name == "config.loss.terms" or (
+                    path == "config.augment" and key in tuple(config.augment.ops)):
+                continue
+            if key not in reference:
+                close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{name} is not a ferjax config field ({hint}the fields of "
+                                 f"{path}: {', '.join(sorted(reference.keys()))})")
+            if isinstance(reference[key], ml_collections.ConfigDict) and hasattr(
+                    node[key], "keys"):
+                walk(node[key], reference[key], name)
+
+    walk(config, base_config(), "config")
+
+
 def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file (what `--config path:arg` does), for scripts/tests."""
     import importlib.util
@@ -178,15 +203,21 @@ def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-    """'mek,smoke' or 'method=mek,classes=8' -> dict; bare words are flags (True),
-    except a bare method name, which sets 'method'."""
+    """'mek,smoke' or 'method=mek,classes=8' -> dict over the keys of `defaults`, which a
+    config declares (flags with the default False); a bare word sets a flag to True, or
+    'method' when it names a method. Anything else is a ValueError naming it."""
     out = dict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        if "=" in item:
-            key, value = item.split("=", 1)
-            out[key.strip()] = value.strip()
-        elif item in METHODS:
-            out["method"] = item
-        else:
-            out[item.strip()] = True
+    flags = [k for k, v in defaults.items() if v is False]
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, value = (part.strip() for part in item.split("=", 1)) if "=" in item \
+            else (item, True)
+        if value is True and key in METHODS and "method" in defaults:
+            key, value = "method", item
+        if key not in defaults or (value is True and key not in flags):
+            raise ValueError(
+                f"config argument {item!r} not understood; this config takes "
+                + ", ".join([f"{k}=..." for k in defaults if k not in flags]
+                            + [f"the flag {k!r}" for k in flags])
+                + (f", or a method name {METHODS}" if "method" in defaults else ""))
+        out[key] = value
     return out

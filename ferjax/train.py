@@ -35,6 +35,7 @@ from ferjax.losses import cumulative_alpha, rebalancing_weights
 from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
 from ferjax.models import apply_pretrained, build_model, count_params
 from ferjax.optim import current_lr, make_optimizer
+from ferjax.presets import check_fields
 
 log = logging.getLogger("ferjax")
 
@@ -325,6 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Returns a summary: final and best metrics, per-class accuracy, where files went.
     """
+    check_fields(config)
     os.makedirs(workdir, exist_ok=True)
     recipe = make_recipe(config)
     warn_if_flip_consistency_unattainable(config)

@@ -6,11 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from ferjax import evaluate, export, predict, train
+from ferjax import evaluate, export, predict, presets, train
 from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,9 +32,34 @@ def test_every_config_builds_every_method(name, method):
     assert "python -m ferjax.main --config configs/" in (ROOT / "configs" / name).read_text()
 
 
-def test_unknown_method_is_named():
+def test_unknown_method_or_config_argument_is_named():
     with pytest.raises(ValueError, match="unknown method 'mekk'"):
         load("rafdb.py", "method=mekk")
+    # A misspelt argument must not fall back to a default (7 classes for 'clases=8').
+    for arg, bad in [("mek,clases=8", "'clases=8'"), ("mekk", "'mekk'"), ("smoke", "'smoke'")]:
+        with pytest.raises(ValueError, match=f"config argument {bad} not understood; this "
+                                             "config takes method=..., classes=..."):
+            load("affectnet.py", arg)
+    assert load("affectnet.py", "rul_cbam,classes=8").data.config == "8"
+    assert load("synthetic.py", "mek,smoke").train.num_steps == 6
+
+
+def test_a_misspelt_config_field_is_named_with_the_closest_one():
+    config = load("rafdb.py", "mek")
+    presets.check_fields(config)
+    config.train.bach_size = 32
+    with pytest.raises(ValueError, match=r"config\.train\.bach_size is not a ferjax config "
+                                         r"field \(did you mean 'batch_size'\?"):
+        presets.check_fields(config)
+    # Free-form parts: loss terms, and the parameters of listed augmentation ops.
+    config = load("rafdb.py", "mek")
+    config.loss.terms.my_term = 1.0
+    config.augment.ops = (*config.augment.ops, "my_op")
+    config.augment.my_op = ml_collections.ConfigDict({"strength": 2})
+    presets.check_fields(config)
+    config.augment.unused_op = ml_collections.ConfigDict({"strength": 2})
+    with pytest.raises(ValueError, match=r"config\.augment\.unused_op"):
+        presets.check_fields(config)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +153,16 @@ def test_main_rejects_an_unknown_config_key(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: --config.train.no_such_field: config.train has no field 'no_such_field'; "
         "its fields: batch_size,")
+    for spec, message in [
+            ("configs/affectnet.py:mek,clases=8", "ValueError: config argument 'clases=8' not "
+                                                  "understood"),
+            ("configs/no_such.py", "No such file or directory: 'configs/no_such.py'")]:
+        proc = subprocess.run([sys.executable, "-m", "ferjax.main", "--config", spec,
+                               "--workdir", str(tmp_path)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --config={spec}: ") and message in last
 
 
 def test_synthetic_presets_keep_the_settings_chosen_on_validation():
