@@ -305,6 +305,23 @@ def _write_config(config, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """'field: old -> new' for each field whose value in `config` differs from `saved` (a
+    workdir's config.json); fields only one side has are left out (older workdirs)."""
+    new = json.loads(config.to_json_best_effort(sort_keys=True))
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "terms":
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    old, now = dict(flat(saved)), dict(flat(new))
+    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(old.keys() & now.keys())
+            if old[k] != now[k]]
+
+
 def _load_eval_history(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "evals.jsonl")
     if not os.path.exists(path):
@@ -375,6 +392,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except Exception:
         _close(ckpt, train_iter)
         raise
+    saved_config = os.path.join(workdir, "config.json")
+    if start_step and os.path.exists(saved_config):
+        with open(saved_config) as f:
+            changes = config_changes(json.load(f), config)
+        if changes:
+            log.warning("resuming %s at step %d with a config that differs from the one it "
+                        "was trained with so far:\n  %s", workdir, start_step,
+                        "\n  ".join(changes))
     if is_writer:
         _write_config(config, workdir)
         with open(os.path.join(workdir, "classes.json"), "w") as f:

@@ -1,6 +1,7 @@
 """The loop end to end on the tiny synthetic config, resume, and sharded vs single device."""
 
 import json
+import logging
 import os
 import pathlib
 import struct
@@ -103,7 +104,7 @@ def _params(workdir, config):
     return jax.tree.leaves(model_state(model))
 
 
-def test_resume_after_stop_reaches_the_same_parameters(data_dir, tmp_path):
+def test_resume_after_stop_reaches_the_same_parameters(data_dir, tmp_path, caplog):
     config = load_config("mek,smoke", data_dir)
     config.optim.schedule = "exponential"  # independent of the total step count
     straight = tmp_path / "straight"
@@ -112,10 +113,26 @@ def test_resume_after_stop_reaches_the_same_parameters(data_dir, tmp_path):
     first = ml_collections.ConfigDict(config.to_dict())
     first.train.num_steps = 3
     train.train_and_evaluate(first, str(resumed))
-    result = train.train_and_evaluate(config, str(resumed))  # picks up at step 3
+    with caplog.at_level(logging.WARNING, logger="ferjax"):
+        result = train.train_and_evaluate(config, str(resumed))  # picks up at step 3
     assert result["step"] == 6
+    # The one field that changed between the runs is named.
+    assert "differs from the one it was trained with so far:\n  train.num_steps: 3 -> 6" \
+        in caplog.text
     for a, b in zip(_params(straight, config), _params(resumed, config)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_config_changes_name_changed_fields_only():
+    config = load_config("mek,smoke", "data")
+    saved = json.loads(config.to_json_best_effort())
+    assert train.config_changes(saved, config) == []
+    saved["train"]["batch_size"] = 8
+    saved["loss"]["terms"] = {"rsl": 1.0}
+    del saved["optim"]["lr"]  # a workdir from before a field existed
+    assert train.config_changes(saved, config) == [
+        f"loss.terms: {{'rsl': 1.0}} -> {{'rac': {config.loss.terms.rac}, 'rsl': 1.0}}",
+        "train.batch_size: 8 -> 16"]
 
 
 def test_sharded_step_matches_single_device(data_dir):
