@@ -35,7 +35,8 @@ def _cmd(workdir, data_dir, extra=()):
 
 def _env(devices):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+               FERJAX_COMPILATION_CACHE="")
     return env
 
 

@@ -30,9 +30,9 @@ def _cmd(workdir, data_dir, *extra):
             "--config.optim.schedule=exponential", *extra]
 
 
-def _env():
+def _env(compilation_cache=""):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env["JAX_PLATFORMS"] = "cpu"
+    env.update(JAX_PLATFORMS="cpu", FERJAX_COMPILATION_CACHE=str(compilation_cache))
     return env
 
 
@@ -56,11 +56,15 @@ LONG = ("--config.train.num_steps=60", "--config.train.eval_every_steps=20",
 
 
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
+    # The later runs take their compiled steps from the first run's compilation cache.
+    cache = tmp_path / "compilation_cache"
     straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight, data_dir, *LONG), cwd=ROOT, env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    run = subprocess.run(_cmd(straight, data_dir, *LONG), cwd=ROOT, env=_env(cache),
+                         check=True, capture_output=True, text=True, timeout=600)
+    assert f"compilation cache: {cache}" in run.stderr
+    assert any(p.name.startswith("jit_train_step-") for p in cache.iterdir())
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(killed, data_dir, *LONG), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(_cmd(killed, data_dir, *LONG), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(killed / "checkpoints" / "20", proc)
     proc.send_signal(signal.SIGKILL)
@@ -70,7 +74,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
     partial = killed / "checkpoints" / "50.orbax-checkpoint-tmp-1234"
     partial.mkdir()
     (partial / "garbage").write_text("half written")
-    subprocess.run(_cmd(killed, data_dir, *LONG), cwd=ROOT, env=_env(), check=True,
+    subprocess.run(_cmd(killed, data_dir, *LONG), cwd=ROOT, env=_env(cache), check=True,
                    capture_output=True, timeout=600)
     config = load_config("baseline,smoke", data_dir)
     for a, b in zip(_params(straight, config), _params(killed, config)):
