@@ -17,9 +17,10 @@ tcmalloc too; otherwise glibc's default malloc, as a PyTorch user runs it.
 in `--rounds` rounds (one idles on a pipe while the other runs), and the ratio is the
 median of the rounds' ratios: a ratio from one stretch of time, on machines whose speed
 drifts. Each row also gives the step's FLOPs rate (the convolutions and matrix products
-in its jaxpr, `benchmarks.common.jaxpr_flops`), its model FLOPs utilisation against the device's dense bf16 peak (known GPUs and
-TPUs, or `--peak_tflops`), the memory XLA assigned to the step, and on GPU/TPU the
-allocator's peak. Results are appended to benchmarks/RESULTS.md.
+in its jaxpr, `benchmarks.common.jaxpr_flops`), its model FLOPs utilisation against the
+device's dense bf16 peak (known GPUs and TPUs, or `--peak_tflops`), the memory XLA
+assigned to the step, and on GPU/TPU the allocator's peak. Results are appended to
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -385,8 +386,9 @@ def main(argv=None) -> None:
                   "step call to return (the host's share); TFLOP/s: the FLOPs of the "
                   "convolutions and matrix products in the step's jaxpr (2 per multiply-add; "
                   "on CPU Winograd's, fewer than the direct form's), one device's share, "
-                  "over its median time; MFU: that over the device's dense bf16 peak; step buffers: arguments + unaliased outputs "
-                  "+ temporaries XLA assigned to one step; device peak: the allocator's peak "
+                  "over its median time; MFU: that over the device's dense bf16 peak; step "
+                  "buffers: arguments + unaliased outputs + temporaries XLA assigned to one "
+                  "step; device peak: the allocator's peak "
                   "so far in this process (presets in the order given); PyTorch fp32 "
                   "eager on CPU, AMP bf16 + channels_last on CUDA, in its own process with "
                   f"{args.torch_malloc} malloc settings.")

@@ -43,10 +43,8 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     result = {"checkpoint_step": step, "split": split, "accuracy": summary["accuracy"],
               "mean_class_accuracy": summary["mean_class_accuracy"],
               "macro_f1": summary["macro_f1"],
-              "per_class_accuracy": dict(zip(names, [None if a != a else float(a)
-                                                     for a in summary["per_class_accuracy"]])),
-              "per_class_f1": dict(zip(names, [None if a != a else float(a)
-                                               for a in summary["per_class_f1"]])),
+              "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
+              "per_class_f1": metrics.by_class(names, summary["per_class_f1"]),
               "confusion_matrix": cm.tolist(), "output_dir": out_dir}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(result, f, indent=2)

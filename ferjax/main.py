@@ -6,6 +6,7 @@ Kept short on purpose: everything lives in `ferjax.train` so notebooks and tests
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -107,7 +108,6 @@ def use_compilation_cache(folder: str) -> str:
     if not writable:
         return f"compilation cache: off ({folder} is not writable)"
     jax.config.update("jax_compilation_cache_dir", folder)
-    import importlib.util
     if importlib.util.find_spec("filelock") is None:  # JAX needs it to keep to a size limit
         return f"compilation cache: {folder} (no size limit: filelock is not installed)"
     jax.config.update("jax_compilation_cache_max_size", 2 * 2**30)

@@ -49,6 +49,12 @@ def accuracy_summary(cm: np.ndarray) -> dict:
             "per_class_f1": f1, "support": support.astype(np.int64)}
 
 
+def by_class(class_names: Sequence[str], values: np.ndarray) -> dict[str, float | None]:
+    """{class name: value} of a per-class array for JSON: NaN (a class absent from the
+    evaluated set) becomes None."""
+    return {name: None if np.isnan(v) else float(v) for name, v in zip(class_names, values)}
+
+
 def history_summary(values: Sequence[float], k: int = 5) -> dict:
     """Last, best and mean of the last k of a metric over evaluations (spec §7.13)."""
     if not values:

@@ -564,9 +564,8 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
     if cm is not None:
         summary = metrics_lib.accuracy_summary(cm)
         table = metrics_lib.per_class_table(summary, class_names)
-        result["per_class_accuracy"] = {n: (None if np.isnan(a) else float(a))
-                                        for n, a in zip(class_names,
-                                                        summary["per_class_accuracy"])}
+        result["per_class_accuracy"] = metrics_lib.by_class(class_names,
+                                                            summary["per_class_accuracy"])
         result["confusion_matrix"] = cm.tolist()
         result["per_class_table"] = table
         if jax.process_index() == 0:

@@ -123,6 +123,13 @@ def test_image_folder_converts_odd_images_and_skips_corrupt_ones(tmp_path):
     assert example["image"].dtype == np.uint8 and example["image"].shape[-1] == 3
 
 
+def run_as_python_m(monkeypatch):
+    """Makes `__main__` look as under `python -m ...`, where builds may spawn workers."""
+    module = types.ModuleType("__main__")
+    module.__spec__ = importlib.util.find_spec("ferjax.data.build")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+
+
 def test_building_leaves_no_temporary_folders(tmp_path, monkeypatch):
     temp = tmp_path / "temp"
     temp.mkdir()
@@ -135,9 +142,7 @@ def test_building_leaves_no_temporary_folders(tmp_path, monkeypatch):
 def test_images_encoded_in_workers_are_stored_as_encoded_here(tmp_path, monkeypatch):
     root = odd_images_folder(tmp_path / "faces")
     here = build("image_folder", root, tmp_path / "here")
-    module = types.ModuleType("__main__")  # as under `python -m ...`
-    module.__spec__ = importlib.util.find_spec("ferjax.data.build")
-    monkeypatch.setitem(sys.modules, "__main__", module)
+    run_as_python_m(monkeypatch)
     monkeypatch.setitem(map_in_order.__kwdefaults__, "min_parallel", 1)
     monkeypatch.setattr("ferjax.data.builders.base.usable_cores", lambda: 2)
     pools = []
@@ -328,9 +333,7 @@ def test_synthetic_examples_drawn_in_workers_equal_those_drawn_here(monkeypatch)
                              min_intensity=0.6, param_noise_scale=0.6, label_noise=0.5)
     jobs = [(index, index % 7) for index in range(40)]
     here = list(map_in_order(draw, jobs, min_parallel=len(jobs) + 1))
-    module = types.ModuleType("__main__")  # as under `python -m ...`
-    module.__spec__ = importlib.util.find_spec("ferjax.data.build")
-    monkeypatch.setitem(sys.modules, "__main__", module)
+    run_as_python_m(monkeypatch)
     workers = list(map_in_order(draw, jobs, min_parallel=0, workers=2))
     assert workers == here
     assert any(label != clean for (_, clean), (_, label) in zip(jobs, here))  # noise drawn

@@ -26,6 +26,8 @@ def test_accuracy_summary_by_hand():
     np.testing.assert_allclose(s["per_class_f1"], [10 / 13, 4 / 7, np.nan])
     assert s["macro_f1"] == pytest.approx((10 / 13 + 4 / 7) / 2)
     np.testing.assert_array_equal(s["support"], [6, 4, 0])
+    assert metrics.by_class(["a", "b", "c"], s["per_class_f1"]) == {
+        "a": pytest.approx(10 / 13), "b": pytest.approx(4 / 7), "c": None}
 
 
 def test_accuracy_summary_invariances():
