@@ -14,6 +14,8 @@ import sys
 
 import ml_collections
 
+from ferjax import compilation_cache
+
 
 def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best") -> dict:
     import jax
@@ -59,7 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default=None, help="default: the config's eval split")
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+    parser.add_argument("--compilation_cache", default=compilation_cache.default_folder(),
+                        help=compilation_cache.HELP)
     args = parser.parse_args(argv)
+    compilation_cache.use(args.compilation_cache)
     try:
         result = evaluate_workdir(args.workdir, args.split, args.checkpoint)
     except (FileNotFoundError, ValueError, KeyError) as e:

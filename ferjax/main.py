@@ -6,14 +6,14 @@ Kept short on purpose: everything lives in `ferjax.train` so notebooks and tests
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from ferjax import compilation_cache
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "config file, optionally with ':args'",
@@ -24,11 +24,8 @@ flags.DEFINE_integer("num_processes", None, "multi-process: number of processes"
 flags.DEFINE_integer("process_id", None, "multi-process: index of this process")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with cluster "
                   "auto-detection (Cloud TPU pods, SLURM, ...)")
-flags.DEFINE_string("compilation_cache",
-                    os.environ.get("FERJAX_COMPILATION_CACHE", "~/.cache/ferjax/jax"),
-                    "folder of compiled steps that later runs and resumes with the same step "
-                    "reuse instead of compiling again (at most 2 GiB, least recently used "
-                    "first out); '' = off. Default: $FERJAX_COMPILATION_CACHE or this")
+flags.DEFINE_string("compilation_cache", compilation_cache.default_folder(),
+                    compilation_cache.HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What `malloc_tuning.relaunch_under_tcmalloc` found, logged with the devices.
@@ -93,27 +90,6 @@ def _config_spec(argv: list[str]) -> str | None:
         (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
 
 
-def use_compilation_cache(folder: str) -> str:
-    """Points JAX's persistent compilation cache at `folder`; returns a note for the log.
-    A folder that cannot be written leaves the cache off rather than failing the run."""
-    import jax
-    if not folder:
-        return "compilation cache: off"
-    folder = os.path.expanduser(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        writable = os.access(folder, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        return f"compilation cache: off ({folder} is not writable)"
-    jax.config.update("jax_compilation_cache_dir", folder)
-    if importlib.util.find_spec("filelock") is None:  # JAX needs it to keep to a size limit
-        return f"compilation cache: {folder} (no size limit: filelock is not installed)"
-    jax.config.update("jax_compilation_cache_max_size", 2 * 2**30)
-    return f"compilation cache: {folder}"
-
-
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -123,7 +99,7 @@ def main(argv) -> int:
     import jax
 
     from ferjax import train
-    cache_note = use_compilation_cache(FLAGS.compilation_cache)
+    cache_note = compilation_cache.use(FLAGS.compilation_cache)
     logging.getLogger("ferjax").info("process %d of %d, devices: %s; %s; %s",
                                      jax.process_index(), jax.process_count(), jax.devices(),
                                      MALLOC_NOTE, cache_note)

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ferjax import compilation_cache
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -91,10 +93,13 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--compilation_cache", default=compilation_cache.default_folder(),
+                        help=compilation_cache.HELP)
     parser.add_argument("--jsonl", default=None,
                         help="also write one JSON line per image to this file")
     parser.add_argument("images", nargs="+", help="image files or folders of them")
     args = parser.parse_args(argv)
+    compilation_cache.use(args.compilation_cache)
     paths = image_paths(args.images)
     if not paths:
         print(f"error: no image files in {args.images}", file=sys.stderr)

@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Commands the tests run (in process or not) compile afresh unless a test says otherwise.
+os.environ["FERJAX_COMPILATION_CACHE"] = ""
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferjax import evaluate, export, predict, presets, train
+from ferjax import compilation_cache, evaluate, export, predict, presets, train
 from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -112,6 +112,21 @@ def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     assert out.out.count(": ") == 3 and "1 of 4 images could not be read" in out.err
     assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
     assert "image not found" in capsys.readouterr().err
+
+
+def test_commands_take_the_compilation_cache_flag(trained, tmp_path, monkeypatch, capsys):
+    folders = []
+    monkeypatch.setattr(compilation_cache, "use", folders.append)
+    assert evaluate.main(["--workdir", str(trained), "--checkpoint", "999",
+                          "--compilation_cache", str(tmp_path / "a")]) == 1
+    monkeypatch.setenv("FERJAX_COMPILATION_CACHE", str(tmp_path / "b"))
+    assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
+    assert folders == [str(tmp_path / "a"), str(tmp_path / "b")]
+    monkeypatch.undo()
+    # Off, or not writable: the cache stays off and says why, the command goes on.
+    assert compilation_cache.use("") == "compilation cache: off"
+    (tmp_path / "file").write_text("")
+    assert "not writable" in compilation_cache.use(str(tmp_path / "file" / "cache"))
 
 
 def test_exported_weights_give_pytorch_the_same_logits(trained, tmp_path, capsys):
