@@ -4,8 +4,10 @@
     for f in 0 1 2 3 4 5 6 7 8 9; do
       python -m ferjax.main --config configs/ckplus.py:rlrcnet,fold=$f --workdir runs/ck/fold$f
     done
+    python -m ferjax.summarize runs/ck/fold*
 
-Report the mean over folds. Target (paper, not measured here): RLR-CNet 98.04 %.
+Report the mean over folds; summarize prints it, with the pooled 10-fold result. Target
+(paper, not measured here): RLR-CNet 98.04 %.
 The 7 CK+ classes include contempt, so labels live in the 8-class canonical space with
 neutral unused (use builder config 'last3_neutral' to add first frames as neutral).
 """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferjax import compilation_cache, evaluate, export, predict, presets, train
+from ferjax import compilation_cache, evaluate, export, predict, presets, summarize, train
 from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,6 +127,46 @@ def test_commands_take_the_compilation_cache_flag(trained, tmp_path, monkeypatch
     assert compilation_cache.use("") == "compilation cache: off"
     (tmp_path / "file").write_text("")
     assert "not writable" in compilation_cache.use(str(tmp_path / "file" / "cache"))
+
+
+def test_summarize_means_folds_and_pools_their_confusion_matrices(trained, tmp_path, capsys):
+    """Two 'folds' (the trained workdir's summary and a copy with other numbers), an
+    unfinished run and a missing one: mean, sample std and the pooled matrix by hand."""
+    real = json.loads((trained / "summary.json").read_text())
+    names = list(real["per_class_accuracy"])
+    other = dict(real, accuracy={"last": 0.5, "best": 0.7, "mean_last_5": 0.6},
+                 confusion_matrix=np.eye(len(names), dtype=int).tolist())
+    unfinished = dict(real, step=1, preempted=True)
+    for name, summary in (("fold1", other), ("stopped", unfinished)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    folds = [str(trained), str(tmp_path / "fold1")]
+    out_json = tmp_path / "s.json"
+    assert summarize.main(folds + ["--json", str(out_json), "--picture",
+                                   str(tmp_path / "p.png")]) == 0
+    result = json.loads(out_json.read_text())
+    last = [real["accuracy"]["last"], 0.5]
+    assert result["stats"]["accuracy/last"]["mean"] == pytest.approx(sum(last) / 2)
+    assert result["stats"]["accuracy/last"]["std"] == pytest.approx(
+        abs(last[0] - last[1]) / 2 ** 0.5)  # sample std of two values: |a − b| / √2
+    pooled = np.asarray(real["confusion_matrix"]) + np.eye(len(names))
+    assert result["pooled"]["confusion_matrix"] == pooled.tolist()
+    assert result["pooled"]["accuracy"] == pytest.approx(np.trace(pooled) / pooled.sum())
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mean (2 runs)" in capsys.readouterr().out
+    # The unfinished run is listed but not counted; a missing workdir is named; both exit 1.
+    assert summarize.main(folds + [str(tmp_path / "stopped"), str(tmp_path / "nothing"),
+                                   "--json", str(out_json)]) == 1
+    out = capsys.readouterr()
+    assert "(step 1/" in out.out and "mean (2 runs)" in out.out
+    assert "stopped at step 1" in out.err and "nothing: not a folder" in out.err
+    assert summarize.main(folds + [str(tmp_path / "stopped"), "--include_unfinished"]) == 0
+    assert "mean (3 runs)" in capsys.readouterr().out
+    # Runs of different class lists are not averaged.
+    (tmp_path / "fold1" / "summary.json").write_text(json.dumps(dict(
+        other, per_class_accuracy=dict(zip(reversed(names), range(len(names)))))))
+    assert summarize.main(folds) == 1
+    assert "differ from" in capsys.readouterr().err
 
 
 def test_exported_weights_give_pytorch_the_same_logits(trained, tmp_path, capsys):
