@@ -1,8 +1,11 @@
-"""Evaluate a checkpoint on any split: per-class table and confusion-matrix picture.
+"""Evaluate a checkpoint on any split, or on another dataset: per-class table and
+confusion-matrix picture.
 
     python -m ferjax.evaluate --workdir runs/rafdb_mek [--split test] [--checkpoint best]
+    python -m ferjax.evaluate --workdir runs/rafdb_mek --dataset ferplus:7   # cross-dataset
 
-Writes <workdir>/eval_<split>_<checkpoint>/{per_class.txt, summary.json, confusion_matrix.png}.
+Writes <workdir>/eval_<split>_<checkpoint>/{per_class.txt, summary.json, confusion_matrix.png}
+(eval_<dataset>_<split>_<checkpoint>/ for another dataset).
 """
 
 from __future__ import annotations
@@ -17,7 +20,40 @@ import ml_collections
 from ferjax import compilation_cache
 
 
-def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best") -> dict:
+def cross_dataset_config(data_cfg, dataset: str, data_dir: str | None):
+    """`data_cfg` (the training run's) pointed at `dataset` ('name' or 'name:config'),
+    already built under `data_dir` (default: the run's); the run's preprocessing stays."""
+    from ferjax.data.builders import get_builder_class
+    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    name, _, builder_config = dataset.partition(":")
+    cfg.name = name
+    cfg.config = builder_config or None
+    cfg.fold, cfg.holdout_fraction = -1, 0.0    # the run's folds are of its own dataset
+    cfg.manual_dir = ""
+    cfg.auto_build = not get_builder_class(name).NEEDS_MANUAL_DIR
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    return cfg
+
+
+def matched_to_model(split, model_classes: list[str]):
+    """(`split` without the images of classes the model lacks, how many those were).
+    Labels are canonical (spec §5.6) in every ferjax dataset, so class k is class k; a
+    7-class model evaluated on an 8-class dataset leaves out its contempt images."""
+    from ferjax.data import sources
+    shared = min(len(split.class_names), len(model_classes))
+    if list(split.class_names[:shared]) != list(model_classes[:shared]):
+        raise ValueError(f"the dataset's classes {list(split.class_names)} do not match the "
+                         f"model's {model_classes}")
+    keep = split.labels < len(model_classes)
+    return sources.part_of(split, keep), int((~keep).sum())
+
+
+def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best",
+                     dataset: str | None = None, data_dir: str | None = None) -> dict:
+    """Evaluates checkpoint `which` of `workdir` on `split` of its dataset, or of `dataset`
+    (cross-dataset: default split 'test', or 'train' where there is none, as for CK+);
+    writes the table, summary.json and picture, and returns the summary."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -26,10 +62,19 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     from ferjax.workdir import restore_model
 
     config, model, names, step = restore_model(workdir, which)
-    split = split or config.data.eval_split
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-    builder = sources.prepared_builder(data_cfg)
-    eval_split = sources.open_eval_split(builder, data_cfg, split)
+    left_out = 0
+    if dataset:
+        data_cfg = cross_dataset_config(data_cfg, dataset, data_dir)
+        builder = sources.prepared_builder(data_cfg)
+        split = split or ("test" if "test" in builder.info.splits else "train")
+        eval_split, left_out = matched_to_model(sources.open_split(builder, split), names)
+    else:
+        split = split or config.data.eval_split
+        builder = sources.prepared_builder(data_cfg)
+        eval_split = sources.open_eval_split(builder, data_cfg, split)
+    if not len(eval_split):
+        raise ValueError(f"{data_cfg.name}/{split} has no image of the model's classes")
     mesh = train.make_mesh()
     recipe = train.make_recipe(config)
     with jax.set_mesh(mesh):
@@ -38,11 +83,13 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
                             NamedSharding(mesh, P("data")), len(names))
     summary = metrics.accuracy_summary(cm)
     table = metrics.per_class_table(summary, names)
-    out_dir = os.path.join(workdir, f"eval_{split}_{which}")
+    source = f"{dataset.replace(':', '_')}_" if dataset else ""
+    out_dir = os.path.join(workdir, f"eval_{source}{split}_{which}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "per_class.txt"), "w") as f:
         f.write(table + "\n")
-    result = {"checkpoint_step": step, "split": split, "accuracy": summary["accuracy"],
+    result = {"checkpoint_step": step, "dataset": data_cfg.name, "split": split,
+              "left_out_images": left_out, "accuracy": summary["accuracy"],
               "mean_class_accuracy": summary["mean_class_accuracy"],
               "macro_f1": summary["macro_f1"],
               "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
@@ -51,7 +98,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(result, f, indent=2)
     metrics.save_confusion_png(cm, names, os.path.join(out_dir, "confusion_matrix.png"),
-                               f"{config.data.name}/{split}, checkpoint {which} (step {step})")
+                               f"{data_cfg.name}/{split}, checkpoint {which} (step {step})")
     result["table"] = table
     return result
 
@@ -59,18 +106,28 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--split", default=None, help="default: the config's eval split")
+    parser.add_argument("--split", default=None, help="default: the config's eval split; "
+                        "with --dataset, 'test' ('train' where there is none, as in CK+)")
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+    parser.add_argument("--dataset", default=None,
+                        help="evaluate on another built dataset, 'name' or 'name:config' "
+                             "(cross-dataset; classes matched by canonical label)")
+    parser.add_argument("--data_dir", default=None,
+                        help="with --dataset: where it was built (default: the run's)")
     parser.add_argument("--compilation_cache", default=compilation_cache.default_folder(),
                         help=compilation_cache.HELP)
     args = parser.parse_args(argv)
     compilation_cache.use(args.compilation_cache)
     try:
-        result = evaluate_workdir(args.workdir, args.split, args.checkpoint)
+        result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
+                                  args.data_dir)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(result["table"])
+    if result["left_out_images"]:
+        print(f"left out {result['left_out_images']} images of classes the model does not "
+              f"have")
     print(f"wrote {result['output_dir']}")
     return 0
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from ferjax import compilation_cache, evaluate, export, predict, presets, summarize, train
+from ferjax.data import build as build_lib
 from ferjax.presets import METHODS, load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +80,38 @@ def test_evaluate_writes_table_and_picture(trained):
     assert np.asarray(result["confusion_matrix"]).sum() == 70  # every test image once
     assert "mean class" in (out / "per_class.txt").read_text()
     assert evaluate.main(["--workdir", str(trained), "--checkpoint", "999"]) == 1
+
+
+def test_evaluate_on_another_dataset(trained, tmp_path, capsys):
+    """Cross-dataset: the run's own dataset named as another gives the same matrix; an
+    8-class image folder is matched by class, its contempt faces left out and counted."""
+    config = json.loads((trained / "config.json").read_text())["data"]
+    same = evaluate.evaluate_workdir(str(trained), split="test", which="latest",
+                                     dataset=f"synthetic_fer:{config['config']}")
+    assert same["confusion_matrix"] == evaluate.evaluate_workdir(
+        str(trained), split="test", which="latest")["confusion_matrix"]
+    assert pathlib.Path(same["output_dir"]).name.startswith("eval_synthetic_fer_")
+    faces = tmp_path / "faces" / "test"
+    for name, count in (("happy", 3), ("sad", 2), ("contempt", 4)):
+        for i in range(count):
+            (faces / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)
+                            ).save(faces / name / f"{i}.png")
+    build_lib.build("image_folder", config="8", manual_dir=str(tmp_path / "faces"),
+                    data_dir=str(tmp_path / "data"))
+    assert evaluate.main(["--workdir", str(trained), "--checkpoint", "latest", "--dataset",
+                          "image_folder:8", "--data_dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "left out 4 images of classes the model does not have" in out
+    result = json.loads((trained / "eval_image_folder_8_test_latest" / "summary.json"
+                         ).read_text())
+    cm = np.asarray(result["confusion_matrix"])
+    assert cm.shape == (7, 7) and cm.sum(1).tolist() == [0, 0, 0, 3, 2, 0, 0]
+    assert result["dataset"] == "image_folder" and result["left_out_images"] == 4
+    # A dataset that is not built says how to build it.
+    assert evaluate.main(["--workdir", str(trained), "--dataset", "rafdb", "--data_dir",
+                          str(tmp_path / "none")]) == 1
+    assert "python -m ferjax.data.build --dataset rafdb" in capsys.readouterr().err
 
 
 def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):

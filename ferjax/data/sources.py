@@ -95,7 +95,8 @@ def open_split(builder, split: str) -> Split:
                  tuple(builder.info.features["label"].names))
 
 
-def _part(whole: Split, keep: np.ndarray) -> Split:
+def part_of(whole: Split, keep: np.ndarray) -> Split:
+    """The examples of `whole` where `keep` (a bool mask over them) is True."""
     indices = np.flatnonzero(keep)
     return Split(Subset(whole.source, indices), whole.labels[indices], whole.class_names)
 
@@ -112,7 +113,7 @@ def divide_split(builder, split: str, whole: Split, fold: int = -1, num_folds: i
         keep = ~stratified_holdout(whole.labels, holdout_fraction)
     else:
         raise ValueError("divide_split needs fold >= 0 or holdout_fraction > 0")
-    return _part(whole, keep), _part(whole, ~keep)
+    return part_of(whole, keep), part_of(whole, ~keep)
 
 
 def _check_division(data_cfg) -> tuple[int, float]:
