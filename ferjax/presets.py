@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.holdout_fraction = 0.0        # per-class part of train_split held out as split 'holdout'
     d.image_size = 224              # square model input side
     d.host_image_size = 0           # side of host batches (0 = image_size); the step resizes them
-    d.sampler = "uniform"           # 'uniform', 'class_balanced' or 'reversed'
+    d.sampler = "uniform"           # 'uniform', 'class_balanced', 'reversed' (pipeline.SAMPLERS)
     d.second_sampler = "reversed"   # sampler of the second stream (dual-branch forward only)
     d.num_workers = 0               # grain worker processes (0 = read in the main process)
 
@@ -193,13 +193,14 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
 
 def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file (what `--config path:arg` does), for scripts/tests."""
+    """`get_config(arg)` of a config file (what `--config path:arg` does), for scripts/tests;
+    `get_config()` without an arg, as `--config path` calls it."""
     import importlib.util
     import pathlib
     spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

@@ -3,11 +3,11 @@
     python -m ferjax.summarize runs/ck/fold*
     python -m ferjax.summarize runs/rafdb_mek_seed* --json seeds.json --picture pooled.png
 
-Prints each run's overall accuracy, mean class accuracy and macro F1 (last evaluation, best
-evaluation, mean of the last k = train.mean_of_last_k) from its summary.json, their mean and sample standard
-deviation over the runs, and the metrics of the pooled confusion matrix: the sum of the
-runs' last-evaluation matrices, which for folds with disjoint test sets is the
-cross-validated result over every test image once.
+Prints each run's overall accuracy, mean class accuracy and macro F1 (last evaluation,
+best evaluation, mean of the last k = train.mean_of_last_k) from its summary.json, their
+mean and sample standard deviation over the runs, and the metrics of the pooled confusion
+matrix: the sum of the runs' last-evaluation matrices, which for folds with disjoint test
+sets is the cross-validated result over every test image once.
 
 A run that stopped early (preempted, or still going) is listed but left out of the mean
 unless --include_unfinished; a workdir without summary.json is reported and skipped. The

@@ -87,6 +87,11 @@ def make_recipe(config) -> Recipe:
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
               "flip_bn": loss.flip_bn}
     host_image_size(config.data)  # fail early on a bad value
+    samplers = ("sampler", "second_sampler") if loss.forward == "dual_branch" else ("sampler",)
+    for key in samplers:
+        if config.data[key] not in pipeline.SAMPLERS:
+            raise KeyError(f"config.data.{key}={config.data[key]!r}; registered samplers: "
+                           f"{pipeline.SAMPLERS.names()}")
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
                   augment_lib.parse_ops(config.augment), eval_ops, static,
                   loss.forward == "dual_branch", int(config.data.image_size))

@@ -467,7 +467,7 @@ def test_uniform_epochs_visit_every_example_once_per_epoch(tiny_split):
 def test_reversed_sampler_follows_inverse_frequencies(tiny_split):
     train, _ = tiny_split
     counts = np.bincount(train.labels, minlength=7)
-    probs = pipeline.sampler_probabilities("reversed", counts)
+    probs = pipeline.SAMPLERS.get("reversed")(counts)
     stream = pipeline.index_stream(train.labels, "reversed", seed=0)
     drawn = train.labels[[stream[i] for i in range(20000)]]
     freq = np.bincount(drawn, minlength=7) / len(drawn)

@@ -290,3 +290,8 @@ def test_a_workdir_from_before_a_new_field_reads_with_its_default(tmp_path):
     config.loss.flip_bn = "both"
     with pytest.raises(ValueError, match="config.loss.flip_bn='both'"):
         train.make_recipe(config)
+    config.loss.flip_bn = "joint"
+    config.data.sampler = "balanced"
+    with pytest.raises(KeyError, match=r"config.data.sampler='balanced'; registered samplers: "
+                                       r"\['class_balanced', 'reversed', 'uniform'\]"):
+        train.make_recipe(config)

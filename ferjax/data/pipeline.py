@@ -11,20 +11,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
 from PIL import Image
 
 from ferjax.losses.rebalance import reversed_sampling_probabilities
+from ferjax.registry import Registry
 
 try:  # TFDS also decodes with OpenCV when it is installed
     import cv2
 except ImportError:  # pragma: no cover - opencv is a dependency, PIL is the fallback
     cv2 = None
 
-SAMPLERS = ("uniform", "class_balanced", "reversed")
+# A sampler maps the (K,) training class counts to the (K,) probabilities with which each
+# draw picks a class (then one of its examples uniformly), or to None for shuffled epochs.
+SAMPLERS: Registry[Callable[[np.ndarray], np.ndarray | None]] = Registry("sampler")
+
+
+@SAMPLERS.register("uniform")
+def uniform_epochs(counts: np.ndarray) -> None:
+    """Every example once per epoch, in a fresh shuffled order each epoch."""
+    return None
+
+
+@SAMPLERS.register("class_balanced")
+def class_balanced(counts: np.ndarray) -> np.ndarray:
+    """Every class present equally often."""
+    present = (counts > 0).astype(np.float64)
+    return present / present.sum()
+
+
+SAMPLERS.register("reversed")(reversed_sampling_probabilities)  # BBN: P(c) ∝ n_max / n_c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +93,16 @@ class DrawByClass:
         return int(self.members[cls][rng.integers(len(self.members[cls]))])
 
 
-def sampler_probabilities(sampler: str, counts: np.ndarray) -> np.ndarray:
-    """Class probabilities of a class-first sampler."""
-    if sampler == "class_balanced":
-        present = (counts > 0).astype(np.float64)
-        return present / present.sum()
-    if sampler == "reversed":
-        return reversed_sampling_probabilities(counts)
-    raise ValueError(f"data.sampler={sampler!r}; expected one of {SAMPLERS}")
-
-
 def index_stream(labels: np.ndarray, sampler: str, seed: int) -> grain.MapDataset:
-    """An endless stream of source indices; each epoch is len(labels) long."""
+    """An endless stream of source indices, drawn by the registered `sampler`; each epoch
+    is len(labels) long."""
     n = len(labels)
-    if sampler == "uniform":
-        return grain.MapDataset.range(n).seed(seed).shuffle().repeat()
     counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    class_probs = SAMPLERS.get(sampler)(counts)
+    if class_probs is None:
+        return grain.MapDataset.range(n).seed(seed).shuffle().repeat()
     members = tuple(np.flatnonzero(labels == c) for c in range(len(counts)))
-    draw = DrawByClass(sampler_probabilities(sampler, counts), members)
+    draw = DrawByClass(np.asarray(class_probs, np.float64), members)
     return grain.MapDataset.range(n).repeat().seed(seed).random_map(draw)
 
 
