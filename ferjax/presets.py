@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.fold = -1                     # subject-independent CV fold (CK+); -1 = no folds
     d.num_folds = 10                # number of CV folds when fold >= 0
     d.holdout_fraction = 0.0        # per-class part of train_split held out as split 'holdout'
+    d.train_label_file = ""         # '<image> <label 1..K>' lines replacing the training labels
+    d.imbalance_factor = 0.0        # train on a long-tailed subset n_max/IF..n_max; 0 = off
+    d.label_noise = 0.0             # fraction of training labels swapped to another class
     d.image_size = 224              # square model input side
     d.host_image_size = 0           # side of host batches (0 = image_size); the step resizes them
     d.sampler = "uniform"           # 'uniform', 'class_balanced', 'reversed' (pipeline.SAMPLERS)

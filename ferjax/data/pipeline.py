@@ -48,14 +48,17 @@ SAMPLERS.register("reversed")(reversed_sampling_probabilities)  # BBN: P(c) ∝ 
 
 @dataclasses.dataclass(frozen=True)
 class ReadExample:
-    """Index -> {'image': uint8 (S, S, 3), 'label': int32} from a random-access source."""
+    """Index -> {'image': uint8 (S, S, 3), 'label': int32} from a random-access source;
+    the label is `labels[index]` when given (training labels a protocol changed, see
+    `ferjax.data.protocols`), else the record's."""
     source: Any
     image_size: int
+    labels: np.ndarray | None = None
 
     def __call__(self, index: int) -> dict:
         record = self.source[int(index)]
-        return {"image": resize(record["image"], self.image_size),
-                "label": np.int32(record["label"])}
+        label = record["label"] if self.labels is None else self.labels[int(index)]
+        return {"image": resize(record["image"], self.image_size), "label": np.int32(label)}
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -165,7 +168,7 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has {len(labels)} examples, fewer than one batch "
                          f"of {global_batch_size}")
-    read = ReadExample(source, image_size)
+    read = ReadExample(source, image_size, labels)
     stream = index_stream(labels, sampler, seed)
     if second_sampler:
         second = index_stream(labels, second_sampler, seed + 1)

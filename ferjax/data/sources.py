@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from ferjax.data import build as build_lib
+from ferjax.data import protocols
 from ferjax.data.builders import get_builder_class, subject_folds
 
 log = logging.getLogger("ferjax.data")
@@ -153,7 +154,26 @@ def open_eval_split(builder, data_cfg, split: str) -> Split:
     return _open(builder, data_cfg, split)[1]
 
 
+PROTOCOL_FIELDS = ("train_label_file", "imbalance_factor", "label_noise")
+
+
+def with_protocols(builder, data_cfg, train: Split) -> Split:
+    """`train` after the noisy-label and imbalance protocols `data_cfg` asks for
+    (`ferjax.data.protocols`); its labels are then the ones to train on."""
+    if not any(data_cfg.get(field, None) for field in PROTOCOL_FIELDS):
+        return train
+    ids = None
+    if data_cfg.get("train_label_file", ""):
+        ids = build_lib.read_field(builder, data_cfg.train_split, "id")
+        if isinstance(train.source, Subset):
+            ids = ids[train.source.indices]
+    keep, labels = protocols.apply(ids, train.labels, data_cfg, train.num_classes)
+    return Split(part_of(train, keep).source, labels, train.class_names)
+
+
 def open_train_and_eval(data_cfg) -> tuple[Split, Split]:
-    """(training split, evaluation split) of `data_cfg`, building the dataset if needed."""
+    """(training split, evaluation split) of `data_cfg`, building the dataset if needed.
+    The training split's labels may differ from its records' (`with_protocols`)."""
     builder = prepared_builder(data_cfg)
-    return _open(builder, data_cfg, data_cfg.eval_split)
+    train, evaluation = _open(builder, data_cfg, data_cfg.eval_split)
+    return with_protocols(builder, data_cfg, train), evaluation
