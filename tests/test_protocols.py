@@ -90,3 +90,11 @@ def test_protocols_change_what_training_reads_and_not_what_is_evaluated(tmp_path
     batch = next(iter(data.dataset))
     drawn = np.sort(batch["label"])
     np.testing.assert_array_equal(drawn, np.sort(train.labels))
+
+
+def test_the_real_rafdb_label_file_reads_as_a_training_label_file(rafdb_label_file):
+    """EAC's noise files share this format: the clean file gives RAF-DB's training counts."""
+    table = protocols.read_label_file(rafdb_label_file, 7)
+    train_names = sorted(n for n in table if n.startswith("train_"))
+    labels = protocols.labels_from_file(train_names, rafdb_label_file, 7)
+    assert np.bincount(labels, minlength=7).tolist() == RAFDB_TRAIN
