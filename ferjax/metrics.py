@@ -91,28 +91,48 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
 
 def confusion_picture(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
     """The row-normalised (K, K) confusion matrix as a PIL image: cell shade = share of the
-    true class, text = percent and count."""
+    true class, text = percent and count; overall and mean class accuracy under the title.
+    Column names too wide for a cell alternate between two lines."""
     from PIL import Image, ImageDraw, ImageFont
 
     cm = np.asarray(cm, np.int64)
     k = len(class_names)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
-    cell, left, top = 64, 110, 60 if title else 40
-    width, height = left + k * cell + 10, top + k * cell + 40
-    img = Image.new("RGB", (width, height), "white")
+    summary = accuracy_summary(cm)
+    img = Image.new("RGB", (1, 1), "white")
     d = ImageDraw.Draw(img)
     try:
         font = ImageFont.load_default(size=13)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         font = ImageFont.load_default()
+    cell = 64
+
+    def fit(text: str, room: float) -> str:
+        while len(text) > 1 and d.textlength(text, font=font) > room:
+            text = text[:-2] + "."
+        return text
+
+    staggered = any(d.textlength(n, font=font) > cell - 6 for n in class_names)
+    heads = [fit(n, (2 if staggered else 1) * cell - 6) for n in class_names]
+    left = 12 + int(max(d.textlength(fit(n, 150), font=font) for n in class_names))
+    top = (48 if title else 30) + (48 if staggered else 34)
+    width, height = max(left + k * cell + 10, 420), top + k * cell + 40
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    line = 8
     if title:
-        d.text((10, 8), title, fill="black", font=font)
-    d.text((left, top - 30), "predicted ->", fill="black", font=font)
-    for j, name in enumerate(class_names):
-        d.text((left + j * cell + 4, top - 14), name[:9], fill="black", font=font)
+        d.text((10, line), title, fill="black", font=font)
+        line += 18
+    d.text((10, line), f"accuracy {100 * summary['accuracy']:.2f} %   mean class accuracy "
+           f"{100 * summary['mean_class_accuracy']:.2f} %   ({int(cm.sum())} images)",
+           fill="black", font=font)
+    d.text((left, top - (48 if staggered else 32)), "predicted ->", fill="black", font=font)
+    for j, name in enumerate(heads):
+        lift = 30 if staggered and j % 2 else 16
+        d.text((left + j * cell + 4, top - lift), name, fill="black", font=font)
     for i, name in enumerate(class_names):
-        d.text((6, top + i * cell + cell // 2 - 6), name[:14], fill="black", font=font)
+        d.text((6, top + i * cell + cell // 2 - 6), fit(name, 150), fill="black", font=font)
         for j in range(k):
             shade = int(255 * (1 - share[i, j]))
             x0, y0 = left + j * cell, top + i * cell

@@ -69,3 +69,14 @@ def test_per_class_table_lines():
     assert lines[3].split() == ["fear", "-", "0.00", "-", "0"]
     assert lines[4].split() == ["mean", "class", "66.67", "67.03"]
     assert lines[5].split() == ["overall", "70.00", "10"]
+
+
+def test_confusion_picture_shades_cells_by_row_share():
+    cm = np.array([[4, 0, 0], [1, 3, 0], [0, 0, 0]])  # class 3 never seen
+    for names in (["a", "b", "c"], ["happiness", "sadness", "surprise"]):  # staggered heads
+        img = np.asarray(metrics.confusion_picture(cm, names, "title")).astype(int)
+        # Cell fills are (s, s, 255) with s = 255 · (1 − row share); count each s by area.
+        blue = (img[..., 2] == 255) & (img[..., 0] == img[..., 1]) & (img[..., 0] < 255)
+        values, areas = np.unique(img[..., 0][blue], return_counts=True)
+        filled = set(values[areas > 1500].tolist())  # a 64 px cell less its text
+        assert filled == {0, int(255 * 0.75), int(255 * 0.25)}  # 100 %, 25 %, 75 %
