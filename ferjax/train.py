@@ -302,6 +302,49 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def loss_weight_vectors(class_counts, num_classes: int, scheme: str
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) class weights of `scheme` (config.loss.class_weight) and (K,) MEK re-balancing
+    weights from the training class counts; classes absent from training (neutral in
+    CK+'s 7-class set) get weight 0 in both."""
+    counts = np.zeros(num_classes, np.int64)
+    counts[:len(class_counts)] = class_counts
+    present = counts > 0
+    weights = np.zeros(num_classes, np.float32)
+    weights[present] = class_weights_fn(counts[present], scheme)
+    rebalance = np.zeros(num_classes, np.float32)
+    rebalance[present] = rebalancing_weights(counts[present])
+    return weights, rebalance
+
+
+def _warn_about_config_changes(config, workdir: str, start_step: int) -> None:
+    saved_config = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved_config):
+        return
+    with open(saved_config) as f:
+        changes = config_changes(json.load(f), config)
+    if changes:
+        log.warning("resuming %s at step %d with a config that differs from the one it "
+                    "was trained with so far:\n  %s", workdir, start_step,
+                    "\n  ".join(changes))
+
+
+def _write_evaluation(writer, workdir: str, record: dict, summary: dict, cm: np.ndarray,
+                      class_names, split: str) -> None:
+    """One evaluation to evals.jsonl, and to the scalars and picture of `writer`."""
+    with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    step = record["step"]
+    writer.write_scalars(step, {
+        "eval/accuracy": summary["accuracy"],
+        "eval/mean_class_accuracy": summary["mean_class_accuracy"],
+        "eval/macro_f1": summary["macro_f1"],
+        **{f"eval/class_accuracy/{n}": a
+           for n, a in zip(class_names, summary["per_class_accuracy"]) if not np.isnan(a)}})
+    writer.write_image(step, "eval/confusion_matrix", np.asarray(
+        metrics_lib.confusion_picture(cm, class_names, f"step {step}, {split}")))
+
+
 def _write_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     tmp = path + ".tmp"
@@ -355,12 +398,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_writer = jax.process_index() == 0
     mesh = make_mesh()
     data_sharding = NamedSharding(mesh, P("data"))
-    if config.train.batch_size % jax.device_count():
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} does not divide "
-                         f"over {jax.device_count()} devices")
-    if config.eval.batch_size % jax.device_count():
-        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} does not divide "
-                         f"over {jax.device_count()} devices")
+    for group in ("train", "eval"):
+        if config[group].batch_size % jax.device_count():
+            raise ValueError(f"config.{group}.batch_size={config[group].batch_size} does not "
+                             f"divide over {jax.device_count()} devices")
 
     train_split, eval_split = sources.open_train_and_eval(config.data)
     num_classes = train_split.num_classes
@@ -379,14 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt_every = config.train.checkpoint_every_steps if config.train.checkpoint_every_steps > 0 \
         else eval_every
 
-    counts = np.zeros(num_classes, np.int64)
-    counts[:len(train_data.class_counts)] = train_data.class_counts
-    # Classes absent from training (neutral in CK+'s 7-class set) get weight 0.
-    present = counts > 0
-    weights = np.zeros(num_classes, np.float32)
-    weights[present] = class_weights_fn(counts[present], config.loss.class_weight)
-    rebalance = np.zeros(num_classes, np.float32)
-    rebalance[present] = rebalancing_weights(counts[present])
+    weights, rebalance = loss_weight_vectors(train_data.class_counts, num_classes,
+                                             config.loss.class_weight)
 
     model, optimizer = replicated_model_and_optimizer(config, mesh, num_classes,
                                                       steps_per_epoch, total_steps)
@@ -397,14 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except Exception:
         _close(ckpt, train_iter)
         raise
-    saved_config = os.path.join(workdir, "config.json")
-    if start_step and os.path.exists(saved_config):
-        with open(saved_config) as f:
-            changes = config_changes(json.load(f), config)
-        if changes:
-            log.warning("resuming %s at step %d with a config that differs from the one it "
-                        "was trained with so far:\n  %s", workdir, start_step,
-                        "\n  ".join(changes))
+    if start_step:
+        _warn_about_config_changes(config, workdir, start_step)
     if is_writer:
         _write_config(config, workdir)
         with open(os.path.join(workdir, "classes.json"), "w") as f:
@@ -486,18 +515,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "macro_f1": summary["macro_f1"]}
         history.append(record)
         if is_writer:
-            with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            writer.write_scalars(at_step, {
-                "eval/accuracy": summary["accuracy"],
-                "eval/mean_class_accuracy": summary["mean_class_accuracy"],
-                "eval/macro_f1": summary["macro_f1"],
-                **{f"eval/class_accuracy/{n}": a
-                   for n, a in zip(eval_split.class_names, summary["per_class_accuracy"])
-                   if not np.isnan(a)}})
-            writer.write_image(at_step, "eval/confusion_matrix", np.asarray(
-                metrics_lib.confusion_picture(cm, eval_split.class_names,
-                                              f"step {at_step}, {config.data.eval_split}")))
+            _write_evaluation(writer, workdir, record, summary, cm, eval_split.class_names,
+                              config.data.eval_split)
         message = (f"eval step {at_step} (epoch {at_step / steps_per_epoch:.2f}): "
                    f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
                    f"{100 * summary['mean_class_accuracy']:.2f}")

@@ -206,3 +206,10 @@ def test_checkpoint_from_another_model_is_a_clear_error(data_dir, tmp_path):
     other.model.width = 16
     with pytest.raises(ValueError, match="does not fit this model"):
         train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_loss_weight_vectors_give_absent_classes_zero():
+    # CK+-like: class 1 never trains; the counts array may also stop short of K.
+    weights, rebalance = train.loss_weight_vectors(np.array([10, 0, 5]), 4, "none")
+    np.testing.assert_allclose(weights, [1, 0, 1, 0])
+    np.testing.assert_allclose(rebalance, [15 / 100, 0, 15 / 50, 0])  # N / (10 n_k)
