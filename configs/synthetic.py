@@ -8,8 +8,9 @@ at 64 px for 16 epochs, evaluating on the long-tailed test split after each: abo
 minutes on 2 CPU cores for the default baseline preset (measured; README has the numbers).
 The other presets train 48 epochs (6-14 minutes), the length their validation accuracy
 asked for.
-Presets: baseline (default), rul_cbam, mek, mek_claimed, rlrcnet. 'smoke' shrinks everything to a few
-steps (tests). Choose hyperparameters with --config.data.eval_split=validation.
+Presets: baseline (default), rul_cbam, mek, mek_claimed, rlrcnet. 'smoke' shrinks
+everything to a few steps (tests). Choose hyperparameters with
+--config.data.eval_split=validation.
 """
 
 from ferjax.presets import apply_method, base_config, parse_arg
