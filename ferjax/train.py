@@ -404,6 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              f"divide over {jax.device_count()} devices")
 
     train_split, eval_split = sources.open_train_and_eval(config.data)
+    final_splits = tuple(s.strip() for s in config.eval.final_splits.split(",") if s.strip())
+    for split in final_splits:  # a wrong name fails now, not after training
+        sources.check_eval_split(sources.prepared_builder(config.data), config.data, split,
+                                 "config.eval.final_splits")
     num_classes = train_split.num_classes
     train_data = pipeline.train_dataset(
         train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
@@ -557,9 +561,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log.warning("stopped at step %d after SIGTERM; rerun the same command to "
                                 "resume", step)
                     break
+            finals = {}
+            if final_splits and step >= total_steps:
+                finals = _evaluate_final_splits(config, final_splits, model, ckpt, eval_step,
+                                                data_sharding, eval_split.class_names, step)
+                writer.write_scalars(step, {
+                    f"final/{split}/{which}/{metric}": r[metric]
+                    for split, by_checkpoint in finals.items()
+                    for which, r in by_checkpoint.items()
+                    for metric in ("accuracy", "mean_class_accuracy", "macro_f1")})
             result = _final_summary(config, workdir, history, last_cm,
                                     eval_split.class_names, step, total_steps,
-                                    preemption.stop, nonfinite_steps)
+                                    preemption.stop, nonfinite_steps, finals)
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:
@@ -576,8 +589,34 @@ def _close(ckpt: Checkpointer, train_iter) -> None:
         train_iter.close()
 
 
+def _evaluate_final_splits(config, splits, model, ckpt: Checkpointer, eval_step,
+                           data_sharding, class_names, step: int) -> dict:
+    """{split: {'last' | 'best': metrics}} of each of `splits` with the trained model and
+    then the best checkpoint (restored into `model`: training is over)."""
+    builder = sources.prepared_builder(config.data)
+    opened = {split: sources.open_eval_split(builder, config.data, split) for split in splits}
+    out: dict[str, dict] = {split: {} for split in splits}
+    for which in ("last", "best"):
+        at_step = step if which == "last" else ckpt.restore(model, which="best")
+        if at_step is None:  # no evaluation has run, so there is no best checkpoint
+            continue
+        for split, data in opened.items():
+            cm = evaluate(model, eval_step, data, config, data_sharding, len(class_names))
+            summary = metrics_lib.accuracy_summary(cm)
+            out[split][which] = {
+                "step": int(at_step), "accuracy": summary["accuracy"],
+                "mean_class_accuracy": summary["mean_class_accuracy"],
+                "macro_f1": summary["macro_f1"],
+                "per_class_accuracy": metrics_lib.by_class(class_names,
+                                                           summary["per_class_accuracy"]),
+                "confusion_matrix": cm.tolist()}
+            log.info("%s with the %s model (step %d):\n%s", split, which, at_step,
+                     metrics_lib.per_class_table(summary, class_names))
+    return out
+
+
 def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
-                   nonfinite_steps) -> dict:
+                   nonfinite_steps, final_splits: dict | None = None) -> dict:
     k = config.train.mean_of_last_k
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
                               "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
@@ -592,6 +631,8 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
                                                             summary["per_class_accuracy"])
         result["confusion_matrix"] = cm.tolist()
         result["per_class_table"] = table
+        if final_splits:
+            result["final_splits"] = final_splits
         if jax.process_index() == 0:
             metrics_lib.save_confusion_png(cm, class_names,
                                            os.path.join(workdir, "confusion_matrix.png"),

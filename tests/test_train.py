@@ -213,3 +213,36 @@ def test_loss_weight_vectors_give_absent_classes_zero():
     weights, rebalance = train.loss_weight_vectors(np.array([10, 0, 5]), 4, "none")
     np.testing.assert_allclose(weights, [1, 0, 1, 0])
     np.testing.assert_allclose(rebalance, [15 / 100, 0, 15 / 50, 0])  # N / (10 n_k)
+
+
+def test_final_splits_report_last_and_best_after_selecting_on_holdout(data_dir, tmp_path,
+                                                                     monkeypatch):
+    """Select on a held-out part, report on test: 'last' is the model after the last step,
+    'best' the best/ checkpoint, each as `ferjax.evaluate` would score it."""
+    from ferjax import evaluate
+    config = load_config("baseline,smoke", data_dir)
+    config.data.holdout_fraction = 0.25
+    config.data.eval_split = "holdout"
+    config.eval.final_splits = "test, holdout"
+    save_if_best = Checkpointer.save_if_best  # keep step 3 as the best, so best != last
+    monkeypatch.setattr(Checkpointer, "save_if_best", lambda self, step, *a: step == 3 and
+                        save_if_best(self, step, *a))
+    result = train.train_and_evaluate(config, str(tmp_path))
+    finals = json.loads((tmp_path / "summary.json").read_text())["final_splits"]
+    assert set(finals) == {"test", "holdout"} and set(finals["test"]) == {"last", "best"}
+    for which, checkpoint in (("last", "latest"), ("best", "best")):
+        alone = evaluate.evaluate_workdir(str(tmp_path), "test", checkpoint)
+        assert finals["test"][which]["confusion_matrix"] == alone["confusion_matrix"]
+        assert finals["test"][which]["step"] == alone["checkpoint_step"] == (
+            6 if which == "last" else 3)
+    assert finals["test"]["last"]["confusion_matrix"] != finals["test"]["best"][
+        "confusion_matrix"]
+    # The last holdout evaluation of the loop is the final 'last' one.
+    assert finals["holdout"]["last"]["confusion_matrix"] == result["confusion_matrix"]
+    scalars, _ = tensorboard_tags(tmp_path / "tensorboard")
+    assert "final/test/best/mean_class_accuracy" in scalars
+    # A split the dataset lacks fails before training.
+    config.eval.final_splits = "tset"
+    with pytest.raises(KeyError, match="config.eval.final_splits has 'tset'"):
+        train.train_and_evaluate(config, str(tmp_path / "again"))
+    assert not (tmp_path / "again" / "checkpoints").exists()

@@ -145,6 +145,20 @@ def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
     return train, open_split(builder, eval_split)
 
 
+def check_eval_split(builder, data_cfg, split: str, field: str) -> None:
+    """Raises naming `field` unless `split` can be evaluated: a split of the dataset, or
+    'holdout' with config.data.holdout_fraction > 0 (or the CV fold's held-out part)."""
+    fold, fraction = _check_division(data_cfg)
+    if split == HOLDOUT and (fraction > 0 or fold >= 0):
+        return
+    if split == HOLDOUT:
+        raise ValueError(f"{field} has 'holdout', which needs config.data.holdout_fraction "
+                         "> 0 (e.g. 0.1)")
+    if split not in builder.info.splits:
+        raise KeyError(f"{field} has {split!r}; {builder.name} has splits "
+                       f"{list(builder.info.splits)} (or 'holdout')")
+
+
 def open_eval_split(builder, data_cfg, split: str) -> Split:
     """The split to evaluate: a named split, the held-out CV fold when config.data.fold >= 0,
     or 'holdout', the part of config.data.train_split that training never sees."""
