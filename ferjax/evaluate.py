@@ -50,10 +50,12 @@ def matched_to_model(split, model_classes: list[str]):
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best",
-                     dataset: str | None = None, data_dir: str | None = None) -> dict:
+                     dataset: str | None = None, data_dir: str | None = None,
+                     flip_average: bool | None = None) -> dict:
     """Evaluates checkpoint `which` of `workdir` on `split` of its dataset, or of `dataset`
     (cross-dataset: default split 'test', or 'train' where there is none, as for CK+);
-    writes the table, summary.json and picture, and returns the summary."""
+    writes the table, summary.json and picture, and returns the summary. `flip_average`
+    overrides the run's config.eval.flip_average (test-time flip)."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -62,6 +64,8 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     from ferjax.workdir import restore_model
 
     config, model, names, step = restore_model(workdir, which)
+    if flip_average is not None:
+        config.eval.flip_average = flip_average
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     left_out = 0
     if dataset:
@@ -84,12 +88,14 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     summary = metrics.accuracy_summary(cm)
     table = metrics.per_class_table(summary, names)
     source = f"{dataset.replace(':', '_')}_" if dataset else ""
-    out_dir = os.path.join(workdir, f"eval_{source}{split}_{which}")
+    tta = "_flip" if config.eval.flip_average else ""
+    out_dir = os.path.join(workdir, f"eval_{source}{split}_{which}{tta}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "per_class.txt"), "w") as f:
         f.write(table + "\n")
     result = {"checkpoint_step": step, "dataset": data_cfg.name, "split": split,
-              "left_out_images": left_out, "accuracy": summary["accuracy"],
+              "left_out_images": left_out, "flip_average": bool(config.eval.flip_average),
+              "accuracy": summary["accuracy"],
               "mean_class_accuracy": summary["mean_class_accuracy"],
               "macro_f1": summary["macro_f1"],
               "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
@@ -114,13 +120,16 @@ def main(argv=None) -> int:
                              "(cross-dataset; classes matched by canonical label)")
     parser.add_argument("--data_dir", default=None,
                         help="with --dataset: where it was built (default: the run's)")
+    parser.add_argument("--flip_average", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's class probabilities with its mirror's "
+                             "(default: the run's config.eval.flip_average)")
     parser.add_argument("--compilation_cache", default=compilation_cache.default_folder(),
                         help=compilation_cache.HELP)
     args = parser.parse_args(argv)
     compilation_cache.use(args.compilation_cache)
     try:
         result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
-                                  args.data_dir)
+                                  args.data_dir, args.flip_average)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

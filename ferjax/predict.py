@@ -50,17 +50,17 @@ def predict_files(workdir: str, paths: list[str], which: str = "best",
     from ferjax.data import augment
     from ferjax.data.images import BadImageError, open_rgb
     from ferjax.data.pipeline import resize
-    from ferjax.train import make_recipe
+    from ferjax.train import class_probabilities, make_recipe
     from ferjax.workdir import restore_model
 
     config, model, names, _ = restore_model(workdir, which)
-    ops = make_recipe(config).eval_ops
+    recipe = make_recipe(config)
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def probabilities(state, images):
-        x = augment.augment_batch(jax.random.key(0), images, ops)
-        return jax.nn.softmax(nnx.merge(graphdef, state)(x)["logits"], axis=-1)
+        x = augment.augment_batch(jax.random.key(0), images, recipe.eval_ops)
+        return class_probabilities(nnx.merge(graphdef, state), x, recipe.eval_flip_average)
 
     def flush(batch: list[tuple[str, np.ndarray]]) -> Iterator[dict]:
         images = np.stack([image for _, image in batch])

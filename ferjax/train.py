@@ -69,6 +69,7 @@ class Recipe:
     terms: tuple            # ((term name, weight), ...)
     train_ops: tuple        # augmentation ops (name, params)
     eval_ops: tuple
+    eval_flip_average: bool  # average each eval image's class probabilities with its mirror's
     loss_static: dict       # scalars the terms read (class_weight, epsilons, ...)
     needs_second_stream: bool
     image_size: int         # the model's input side; batches from the host are resized to it
@@ -93,7 +94,8 @@ def make_recipe(config) -> Recipe:
             raise KeyError(f"config.data.{key}={config.data[key]!r}; registered samplers: "
                            f"{pipeline.SAMPLERS.names()}")
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
-                  augment_lib.parse_ops(config.augment), eval_ops, static,
+                  augment_lib.parse_ops(config.augment), eval_ops,
+                  bool(config.eval.flip_average), static,
                   loss.forward == "dual_branch", int(config.data.image_size))
 
 
@@ -226,18 +228,30 @@ def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, clas
             "finite": finite, **{f"loss/{k}": v for k, v in terms.items()}}
 
 
+def class_probabilities(model, x: jax.Array, flip_average: bool = False) -> jax.Array:
+    """(N, K) softmax of the model on normalised (N, S, S, 3) images; with `flip_average`
+    the mean of the image's and its mirror's (test-time flip, in one 2N batch)."""
+    if not flip_average:
+        return jax.nn.softmax(model(x)["logits"].astype(jnp.float32), axis=-1)
+    n = x.shape[0]
+    probs = jax.nn.softmax(model(jnp.concatenate([x, x[:, :, ::-1]]))["logits"].astype(
+        jnp.float32), axis=-1)
+    return (probs[:n] + probs[n:]) / 2
+
+
 def make_eval_step(recipe: Recipe, num_classes: int):
     """Jitted: (graphdef, state, batch) -> ((K, K) confusion counts of the masked batch,
-    logits), for `graphdef, state = nnx.split(model)` in eval mode; graphdef is static."""
+    (N, K) class probabilities), for `graphdef, state = nnx.split(model)` in eval mode;
+    graphdef is static."""
 
     def eval_step(graphdef, state, batch):
         model = nnx.merge(graphdef, state)
         x = augment_lib.augment_batch(jax.random.key(0), batch["image"], recipe.eval_ops,
                                       recipe.image_size)
-        logits = model(x)["logits"]
-        pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
+        probs = class_probabilities(model, x, recipe.eval_flip_average)
+        pred = jax.nn.one_hot(jnp.argmax(probs, -1), num_classes)
         true = jax.nn.one_hot(batch["label"], num_classes) * batch["mask"][:, None]
-        return (true.T @ pred).astype(jnp.int32), logits
+        return (true.T @ pred).astype(jnp.int32), probs
 
     return jax.jit(eval_step, static_argnums=0)
 

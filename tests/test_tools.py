@@ -93,6 +93,11 @@ def test_evaluate_writes_table_and_picture(trained):
     assert np.asarray(result["confusion_matrix"]).sum() == 70  # every test image once
     assert "mean class" in (out / "per_class.txt").read_text()
     assert evaluate.main(["--workdir", str(trained), "--checkpoint", "999"]) == 1
+    # Test-time flip: its own folder, every image still counted once.
+    assert evaluate.main(["--workdir", str(trained), "--split", "test", "--checkpoint",
+                          "latest", "--flip_average"]) == 0
+    flipped = json.loads((trained / "eval_test_latest_flip" / "summary.json").read_text())
+    assert flipped["flip_average"] and np.asarray(flipped["confusion_matrix"]).sum() == 70
 
 
 def test_evaluate_on_another_dataset(trained, tmp_path, capsys):

@@ -12,10 +12,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ferjax import train
 from ferjax.checkpoint import Checkpointer, model_state
+from ferjax.models import build_model
 from ferjax.presets import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -246,3 +248,18 @@ def test_final_splits_report_last_and_best_after_selecting_on_holdout(data_dir, 
     with pytest.raises(KeyError, match="config.eval.final_splits has 'tset'"):
         train.train_and_evaluate(config, str(tmp_path / "again"))
     assert not (tmp_path / "again" / "checkpoints").exists()
+
+
+def test_flip_average_is_the_mean_of_image_and_mirror(data_dir):
+    config = load_config("baseline,smoke", data_dir)
+    model = nnx.view(build_model(config.model, num_classes=7, image_size=32, rngs=nnx.Rngs(0)),
+                     deterministic=True, use_running_average=True, raise_if_not_found=False)
+    x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+    plain = train.class_probabilities(model, x)
+    mirrored = train.class_probabilities(model, x[:, :, ::-1])
+    both = train.class_probabilities(model, x, flip_average=True)
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-6)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the model is not flip-invariant
+    symmetric = jnp.concatenate([x[:, :, :16], x[:, :, :16][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(train.class_probabilities(model, symmetric, True),
+                               train.class_probabilities(model, symmetric), atol=1e-6)
