@@ -119,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3          # latest checkpoints kept (the best is kept separately)
     t.log_every_steps = 20          # train-metric logging period
     t.mean_of_last_k = 5            # k of the 'mean of last k evaluations' summary
+    t.early_stop_patience = 0       # stop after this many evals without a new best; 0 = off
     t.on_nonfinite = "stop"         # NaN/Inf loss: 'stop' or 'skip' the step
     t.max_nonfinite_steps = 10      # with 'skip': stop after this many bad steps
     t.progress_bar = True           # tqdm progress bar with rate and ETA

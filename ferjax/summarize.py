@@ -9,8 +9,9 @@ mean and sample standard deviation over the runs, and the metrics of the pooled 
 matrix: the sum of the runs' last-evaluation matrices, which for folds with disjoint test
 sets is the cross-validated result over every test image once.
 
-A run that stopped early (preempted, or still going) is listed but left out of the mean
-unless --include_unfinished; a workdir without summary.json is reported and skipped. The
+A run that stopped before its last step (preempted, or still going; early stopping by
+train.early_stop_patience counts as finished) is listed but left out of the mean unless
+--include_unfinished; a workdir without summary.json is reported and skipped. The
 exit status is 1 when any run was skipped or left out.
 """
 
@@ -55,7 +56,8 @@ def load_run(workdir: str) -> dict:
         raise RunError(f"{path}: not a ferjax summary ({type(e).__name__}: {e})") from None
     if cm.shape != (len(names), len(names)):
         raise RunError(f"{path}: confusion matrix {cm.shape} for {len(names)} classes")
-    finished = run.get("step") == run.get("total_steps") and not run.get("preempted", False)
+    finished = (run.get("step") == run.get("total_steps") or run.get("early_stopped", False)) \
+        and not run.get("preempted", False)
     return {"workdir": workdir, "class_names": names, "confusion_matrix": cm,
             "values": values, "finished": finished, "mean_of_last_k": next(
                 (k[len("mean_last_"):] for k in run.get("accuracy", {})

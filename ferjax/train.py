@@ -343,6 +343,15 @@ def _warn_about_config_changes(config, workdir: str, start_step: int) -> None:
                     "\n  ".join(changes))
 
 
+def evaluations_since_best(history: list[dict], metric: str = "mean_class_accuracy") -> int:
+    """How many evaluations of `history` (oldest first) came after the first one with the
+    highest `metric`: the early-stopping count (0 for an empty history)."""
+    values = [h[metric] for h in history if metric in h]
+    if not values:
+        return 0
+    return len(values) - 1 - int(np.nanargmax(values))
+
+
 def _write_evaluation(writer, workdir: str, record: dict, summary: dict, cm: np.ndarray,
                       class_names, split: str) -> None:
     """One evaluation to evals.jsonl, and to the scalars and picture of `writer`."""
@@ -459,7 +468,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
         else metrics_lib.NullWriter()
     history = _load_eval_history(workdir) if start_step else []
-    if start_step >= total_steps:
+    patience = config.train.early_stop_patience
+    early_stopped = bool(patience) and evaluations_since_best(history) >= patience
+    if early_stopped:
+        log.warning("%s stopped early at step %d (no new best mean class accuracy in %d "
+                    "evaluations); nothing left to train (raise train.early_stop_patience "
+                    "to go on)", workdir, start_step, patience)
+    elif start_step >= total_steps:
         log.warning("the checkpoint in %s is at step %d, at or past this config's %d steps: "
                     "nothing left to train (raise train.epochs / train.num_steps to go on)",
                     workdir, start_step, total_steps)
@@ -545,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _Preemption(sync_every=config.train.log_every_steps) as preemption, \
             jax.set_mesh(mesh):
         try:
-            while step < total_steps:
+            while step < total_steps and not early_stopped:
                 epoch = min(step // steps_per_epoch + 1, total_epochs)
                 alpha = cumulative_alpha(epoch, total_epochs, config.loss.bbn_alpha_rule)
                 waited_from = time.time()
@@ -567,7 +582,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     write_back(state)
                 if step % eval_every == 0 or step == total_steps:
                     run_eval(step)
-                if step % ckpt_every == 0 or step == total_steps or stop:
+                    early_stopped = bool(patience) and \
+                        evaluations_since_best(history) >= patience
+                if step % ckpt_every == 0 or step == total_steps or stop or early_stopped:
                     save(step)
                 if boundary:  # the next window's rate leaves out evaluation and saving
                     t_log = time.time()
@@ -575,8 +592,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log.warning("stopped at step %d after SIGTERM; rerun the same command to "
                                 "resume", step)
                     break
+                if early_stopped:
+                    log.info("early stop at step %d: no new best mean class accuracy in %d "
+                             "evaluations", step, patience)
             finals = {}
-            if final_splits and step >= total_steps:
+            if final_splits and (step >= total_steps or early_stopped) and last_cm is not None:
                 finals = _evaluate_final_splits(config, final_splits, model, ckpt, eval_step,
                                                 data_sharding, eval_split.class_names, step)
                 writer.write_scalars(step, {
@@ -586,7 +606,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     for metric in ("accuracy", "mean_class_accuracy", "macro_f1")})
             result = _final_summary(config, workdir, history, last_cm,
                                     eval_split.class_names, step, total_steps,
-                                    preemption.stop, nonfinite_steps, finals)
+                                    preemption.stop, nonfinite_steps, finals, early_stopped)
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:
@@ -630,9 +650,11 @@ def _evaluate_final_splits(config, splits, model, ckpt: Checkpointer, eval_step,
 
 
 def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
-                   nonfinite_steps, final_splits: dict | None = None) -> dict:
+                   nonfinite_steps, final_splits: dict | None = None,
+                   early_stopped: bool = False) -> dict:
     k = config.train.mean_of_last_k
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
+                              "early_stopped": early_stopped,
                               "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
     for metric in ("accuracy", "mean_class_accuracy", "macro_f1"):
         # (evaluations logged before macro F1 was recorded lack it)

@@ -263,3 +263,29 @@ def test_flip_average_is_the_mean_of_image_and_mirror(data_dir):
     symmetric = jnp.concatenate([x[:, :, :16], x[:, :, :16][:, :, ::-1]], axis=2)
     np.testing.assert_allclose(train.class_probabilities(model, symmetric, True),
                                train.class_probabilities(model, symmetric), atol=1e-6)
+
+
+def test_evaluations_since_best_counts_after_the_first_maximum():
+    history = [{"mean_class_accuracy": v} for v in (0.1, 0.3, 0.2, 0.3)]
+    assert train.evaluations_since_best(history) == 2  # a tie is no new best
+    assert train.evaluations_since_best(history[:2]) == 0
+    assert train.evaluations_since_best([]) == 0
+
+
+def test_early_stop_saves_reports_and_stays_stopped_on_rerun(data_dir, tmp_path, monkeypatch,
+                                                             caplog):
+    # Here every evaluation after the first counts as one without a new best.
+    monkeypatch.setattr(train, "evaluations_since_best", lambda history: len(history) - 1)
+    config = load_config("baseline,smoke", data_dir)
+    config.train.num_steps = 12
+    config.train.eval_every_steps = 2
+    config.train.checkpoint_every_steps = 100  # only the stop writes a checkpoint
+    config.train.early_stop_patience = 2
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert (result["step"], result["early_stopped"]) == (6, True)  # evaluations at 2, 4, 6
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
+    from ferjax import summarize
+    assert summarize.load_run(str(tmp_path))["finished"]
+    with caplog.at_level(logging.WARNING, logger="ferjax"):
+        again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["step"] == 6 and "stopped early at step 6" in caplog.text
