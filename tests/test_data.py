@@ -413,6 +413,14 @@ def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir, monkeypatch):
     cfg.holdout_fraction = 0.0
     with pytest.raises(ValueError, match="needs config.data.holdout_fraction > 0"):
         open_train_and_eval(cfg)
+    # config.eval.final_splits is checked before training by the same rule it is opened by.
+    for fold in (-1, 0):
+        cfg.fold = fold
+        with pytest.raises(ValueError, match="final_splits names 'holdout'"):
+            sources.check_eval_split(builder, cfg, "holdout", "config.eval.final_splits")
+        with pytest.raises(ValueError, match="needs config.data.holdout_fraction > 0"):
+            sources.open_eval_split(builder, cfg, "holdout")
+    cfg.fold = -1
     cfg.holdout_fraction, cfg.fold = 0.1, 0
     with pytest.raises(ValueError, match="config.data.fold and config.data.holdout_fraction"):
         open_train_and_eval(cfg)

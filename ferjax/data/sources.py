@@ -127,12 +127,17 @@ def _check_division(data_cfg) -> tuple[int, float]:
     return fold, fraction
 
 
+def _check_holdout(split: str, data_cfg, field: str) -> None:
+    """'holdout' names a part of the training split only when holdout_fraction > 0."""
+    if split == HOLDOUT and _check_division(data_cfg)[1] <= 0:
+        raise ValueError(f"{field} names 'holdout', which needs config.data.holdout_fraction "
+                         "> 0 (e.g. 0.1)")
+
+
 def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
     """(training part, evaluation split), reading config.data.train_split once for both."""
     fold, fraction = _check_division(data_cfg)
-    if eval_split == HOLDOUT and fraction <= 0:
-        raise ValueError("config.data.eval_split='holdout' needs "
-                         "config.data.holdout_fraction > 0 (e.g. 0.1)")
+    _check_holdout(eval_split, data_cfg, "config.data.eval_split")
     whole = open_split(builder, data_cfg.train_split)
     if fold < 0 and fraction <= 0:
         train, held = whole, None
@@ -146,15 +151,10 @@ def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
 
 
 def check_eval_split(builder, data_cfg, split: str, field: str) -> None:
-    """Raises naming `field` unless `split` can be evaluated: a split of the dataset, or
-    'holdout' with config.data.holdout_fraction > 0 (or the CV fold's held-out part)."""
-    fold, fraction = _check_division(data_cfg)
-    if split == HOLDOUT and (fraction > 0 or fold >= 0):
-        return
-    if split == HOLDOUT:
-        raise ValueError(f"{field} has 'holdout', which needs config.data.holdout_fraction "
-                         "> 0 (e.g. 0.1)")
-    if split not in builder.info.splits:
+    """Raises naming `field` unless `split` can be evaluated, as `open_eval_split` would
+    open it: a split of the dataset, or 'holdout' with config.data.holdout_fraction > 0."""
+    _check_holdout(split, data_cfg, field)
+    if split != HOLDOUT and split not in builder.info.splits:
         raise KeyError(f"{field} has {split!r}; {builder.name} has splits "
                        f"{list(builder.info.splits)} (or 'holdout')")
 
