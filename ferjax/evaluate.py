@@ -95,9 +95,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
         f.write(table + "\n")
     result = {"checkpoint_step": step, "dataset": data_cfg.name, "split": split,
               "left_out_images": left_out, "flip_average": bool(config.eval.flip_average),
-              "accuracy": summary["accuracy"],
-              "mean_class_accuracy": summary["mean_class_accuracy"],
-              "macro_f1": summary["macro_f1"],
+              **metrics.headline(summary),
               "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
               "per_class_f1": metrics.by_class(names, summary["per_class_f1"]),
               "confusion_matrix": cm.tolist(), "output_dir": out_dir}

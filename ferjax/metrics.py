@@ -49,6 +49,14 @@ def accuracy_summary(cm: np.ndarray) -> dict:
             "per_class_f1": f1, "support": support.astype(np.int64)}
 
 
+HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1")  # what every report leads with
+
+
+def headline(summary: dict) -> dict[str, float]:
+    """The HEADLINE scalars of an `accuracy_summary`."""
+    return {name: summary[name] for name in HEADLINE}
+
+
 def by_class(class_names: Sequence[str], values: np.ndarray) -> dict[str, float | None]:
     """{class name: value} of a per-class array for JSON: NaN (a class absent from the
     evaluated set) becomes None."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from ferjax import metrics
 
-METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+METRICS = metrics.HEADLINE
 KINDS = ("last", "best", "mean_last")   # 'mean_last': of the last k evaluations
 SHORT = {"accuracy": "acc", "mean_class_accuracy": "mca", "macro_f1": "F1",
          "last": "last", "best": "best", "mean_last": "meanK"}

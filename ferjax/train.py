@@ -343,6 +343,12 @@ def _warn_about_config_changes(config, workdir: str, start_step: int) -> None:
                     "\n  ".join(changes))
 
 
+def early_stop_due(history: list[dict], patience: int) -> bool:
+    """Whether config.train.early_stop_patience (0 = off) evaluations have passed without
+    a new best."""
+    return bool(patience) and evaluations_since_best(history) >= patience
+
+
 def evaluations_since_best(history: list[dict], metric: str = "mean_class_accuracy") -> int:
     """How many evaluations of `history` (oldest first) came after the first one with the
     highest `metric`: the early-stopping count (0 for an empty history)."""
@@ -428,9 +434,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     train_split, eval_split = sources.open_train_and_eval(config.data)
     final_splits = tuple(s.strip() for s in config.eval.final_splits.split(",") if s.strip())
+    builder = sources.prepared_builder(config.data) if final_splits else None
     for split in final_splits:  # a wrong name fails now, not after training
-        sources.check_eval_split(sources.prepared_builder(config.data), config.data, split,
-                                 "config.eval.final_splits")
+        sources.check_eval_split(builder, config.data, split, "config.eval.final_splits")
     num_classes = train_split.num_classes
     train_data = pipeline.train_dataset(
         train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
@@ -469,7 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else metrics_lib.NullWriter()
     history = _load_eval_history(workdir) if start_step else []
     patience = config.train.early_stop_patience
-    early_stopped = bool(patience) and evaluations_since_best(history) >= patience
+    early_stopped = early_stop_due(history, patience)
     if early_stopped:
         log.warning("%s stopped early at step %d (no new best mean class accuracy in %d "
                     "evaluations); nothing left to train (raise train.early_stop_patience "
@@ -543,9 +549,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         cm = evaluate(model, eval_step, eval_split, config, data_sharding, num_classes)
         summary = metrics_lib.accuracy_summary(cm)
         last_cm = cm
-        record = {"step": at_step, "accuracy": summary["accuracy"],
-                  "mean_class_accuracy": summary["mean_class_accuracy"],
-                  "macro_f1": summary["macro_f1"]}
+        record = {"step": at_step, **metrics_lib.headline(summary)}
         history.append(record)
         if is_writer:
             _write_evaluation(writer, workdir, record, summary, cm, eval_split.class_names,
@@ -582,8 +586,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     write_back(state)
                 if step % eval_every == 0 or step == total_steps:
                     run_eval(step)
-                    early_stopped = bool(patience) and \
-                        evaluations_since_best(history) >= patience
+                    early_stopped = early_stop_due(history, patience)
                 if step % ckpt_every == 0 or step == total_steps or stop or early_stopped:
                     save(step)
                 if boundary:  # the next window's rate leaves out evaluation and saving
@@ -597,13 +600,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              "evaluations", step, patience)
             finals = {}
             if final_splits and (step >= total_steps or early_stopped) and last_cm is not None:
-                finals = _evaluate_final_splits(config, final_splits, model, ckpt, eval_step,
-                                                data_sharding, eval_split.class_names, step)
+                finals = _evaluate_final_splits(config, builder, final_splits, model, ckpt,
+                                                eval_step, data_sharding,
+                                                eval_split.class_names, step)
                 writer.write_scalars(step, {
                     f"final/{split}/{which}/{metric}": r[metric]
                     for split, by_checkpoint in finals.items()
                     for which, r in by_checkpoint.items()
-                    for metric in ("accuracy", "mean_class_accuracy", "macro_f1")})
+                    for metric in metrics_lib.HEADLINE})
             result = _final_summary(config, workdir, history, last_cm,
                                     eval_split.class_names, step, total_steps,
                                     preemption.stop, nonfinite_steps, finals, early_stopped)
@@ -623,11 +627,10 @@ def _close(ckpt: Checkpointer, train_iter) -> None:
         train_iter.close()
 
 
-def _evaluate_final_splits(config, splits, model, ckpt: Checkpointer, eval_step,
+def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, eval_step,
                            data_sharding, class_names, step: int) -> dict:
-    """{split: {'last' | 'best': metrics}} of each of `splits` with the trained model and
-    then the best checkpoint (restored into `model`: training is over)."""
-    builder = sources.prepared_builder(config.data)
+    """{split: {'last' | 'best': metrics}} of each of `splits` of `builder` with the
+    trained model and then the best checkpoint (restored into `model`: training is over)."""
     opened = {split: sources.open_eval_split(builder, config.data, split) for split in splits}
     out: dict[str, dict] = {split: {} for split in splits}
     for which in ("last", "best"):
@@ -638,9 +641,7 @@ def _evaluate_final_splits(config, splits, model, ckpt: Checkpointer, eval_step,
             cm = evaluate(model, eval_step, data, config, data_sharding, len(class_names))
             summary = metrics_lib.accuracy_summary(cm)
             out[split][which] = {
-                "step": int(at_step), "accuracy": summary["accuracy"],
-                "mean_class_accuracy": summary["mean_class_accuracy"],
-                "macro_f1": summary["macro_f1"],
+                "step": int(at_step), **metrics_lib.headline(summary),
                 "per_class_accuracy": metrics_lib.by_class(class_names,
                                                            summary["per_class_accuracy"]),
                 "confusion_matrix": cm.tolist()}
@@ -656,7 +657,7 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
                               "early_stopped": early_stopped,
                               "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
-    for metric in ("accuracy", "mean_class_accuracy", "macro_f1"):
+    for metric in metrics_lib.HEADLINE:
         # (evaluations logged before macro F1 was recorded lack it)
         result[metric] = metrics_lib.history_summary([h[metric] for h in history
                                                       if metric in h], k)
