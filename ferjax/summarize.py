@@ -99,9 +99,7 @@ def summarize(runs: list[dict]) -> dict:
     pooled = sum(r["confusion_matrix"] for r in runs)
     summary = metrics.accuracy_summary(pooled)
     return {"runs": [r["workdir"] for r in runs], "class_names": names, "stats": stats,
-            "pooled": {"accuracy": summary["accuracy"],
-                       "mean_class_accuracy": summary["mean_class_accuracy"],
-                       "macro_f1": summary["macro_f1"],
+            "pooled": {**metrics.headline(summary),
                        "per_class_accuracy": metrics.by_class(
                            names, summary["per_class_accuracy"]),
                        "confusion_matrix": pooled.tolist(),
