@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Iterator
 
 import numpy as np
 
@@ -30,21 +31,18 @@ class LabelledImage:
     label: int
 
 
-def parse_rafdb_labels(path: str | pathlib.Path) -> list[LabelledImage]:
-    """Parses RAF-DB's `EmoLabel/list_patition_label.txt`.
-
-    Each line is `<name> <label>` with label 1..7 (Surprise, Fear, Disgust, Happiness,
-    Sadness, Anger, Neutral), already in canonical order after subtracting 1; the split is
-    the `train_` / `test_` prefix of the name.
+def label_lines(path: str | pathlib.Path, num_classes: int, what: str
+                ) -> Iterator[tuple[int, str, int]]:
+    """(line number, name, 0-based canonical label) of each non-empty '<name> <label>' line
+    of a label file, labels 1..K in canonical order (RAF-DB's format).
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      ValueError: a malformed line, an unknown label or an unknown split, naming file:line.
+      FileNotFoundError: "`what` not found: path".
+      ValueError: a malformed line or a label outside 1..K, naming file:line.
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"RAF-DB label file not found: {path}")
-    rows = []
+        raise FileNotFoundError(f"{what} not found: {path}")
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -56,14 +54,30 @@ def parse_rafdb_labels(path: str | pathlib.Path) -> list[LabelledImage]:
             label = int(raw)
         except ValueError:
             raise ValueError(f"{path}:{lineno}: label {raw!r} is not an integer") from None
-        if not 1 <= label <= 7:
-            raise ValueError(f"{path}:{lineno}: label {label} outside RAF-DB's 1..7 "
-                             f"({', '.join(CANONICAL_CLASSES[:7])})")
+        if not 1 <= label <= num_classes:
+            raise ValueError(f"{path}:{lineno}: label {label} outside 1..{num_classes} "
+                             f"({', '.join(CANONICAL_CLASSES[:num_classes])})")
+        yield lineno, name, label - 1
+
+
+def parse_rafdb_labels(path: str | pathlib.Path) -> list[LabelledImage]:
+    """Parses RAF-DB's `EmoLabel/list_patition_label.txt`.
+
+    Each line is `<name> <label>` with label 1..7 (Surprise, Fear, Disgust, Happiness,
+    Sadness, Anger, Neutral), already in canonical order after subtracting 1; the split is
+    the `train_` / `test_` prefix of the name.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: a malformed line, an unknown label or an unknown split, naming file:line.
+    """
+    rows = []
+    for lineno, name, label in label_lines(path, 7, "RAF-DB label file"):
         split = name.split("_", 1)[0]
         if split not in ("train", "test"):
             raise ValueError(f"{path}:{lineno}: image {name!r} starts with neither "
                              "'train_' nor 'test_'")
-        rows.append(LabelledImage(name, split, label - 1))
+        rows.append(LabelledImage(name, split, label))
     return rows
 
 

@@ -21,6 +21,8 @@ import pathlib
 
 import numpy as np
 
+from ferjax.data.labels import label_lines
+
 log = logging.getLogger("ferjax.data")
 
 SEED = 0  # the protocols' own seed: the same training set for every config.seed
@@ -33,22 +35,11 @@ def read_label_file(path: str | pathlib.Path, num_classes: int) -> dict[str, int
     Raises FileNotFoundError, or ValueError naming file:line for a malformed line, a label
     outside 1..K or a name listed twice.
     """
-    path = pathlib.Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"config.data.train_label_file: {path} not found")
     labels: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<image> <label>', got {line!r}")
-        name, label = parts[0], int(parts[1])
-        if not 1 <= label <= num_classes:
-            raise ValueError(f"{path}:{lineno}: label {label} outside 1..{num_classes}")
+    for lineno, name, label in label_lines(path, num_classes, "config.data.train_label_file"):
         if name in labels:
             raise ValueError(f"{path}:{lineno}: {name} is listed twice")
-        labels[name] = label - 1
+        labels[name] = label
     return labels
 
 
