@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from ferjax import compilation_cache
+from ferjax.data.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def image_paths(inputs: list[str]) -> list[str]:

@@ -12,6 +12,10 @@ from PIL import Image, ImageFile
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# The file suffixes (lower case) taken for images when a folder is searched for them.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
 class BadImageError(ValueError):
     """An image file that is missing, unreadable, truncated or of an unusable kind."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from ferjax.data.builders.base import Example, FerBuilder, FerConfig
+from ferjax.data.images import IMAGE_SUFFIXES
 from ferjax.data.labels import CANONICAL_CLASSES
 
 INSTRUCTIONS = """
@@ -15,7 +16,6 @@ neutral, contempt) or the common aliases (happy, sad, angry, surprised, fearful,
 """
 ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger", "surprised": "surprise",
            "fearful": "fear", "disgusted": "disgust", "afraid": "fear", "sadness": "sadness"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 SPLITS = ("train", "validation", "test")
 
 
