@@ -137,28 +137,40 @@ def test_config_changes_name_changed_fields_only():
         "train.batch_size: 8 -> 16"]
 
 
+def random_batch() -> dict:
+    """8 random uint8 32 px images with labels (a fixed draw)."""
+    rng = np.random.default_rng(0)
+    return {"image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 7, 8).astype(np.int32)}
+
+
+def one_step(config, devices, batch):
+    """(metrics, model after it) of one train step of `config` on `devices`, from the
+    config's initial parameters."""
+    mesh = train.make_mesh(devices)
+    model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
+    with jax.set_mesh(mesh):
+        step, state, write_back = train.make_train_step(train.make_recipe(config), model,
+                                                        optimizer)
+        state, metrics = step(state, train.to_global(batch, NamedSharding(mesh, P("data"))),
+                              jnp.int32(0), jax.random.key(0), jnp.float32(1.0), jnp.ones(7),
+                              jnp.ones(7))
+        write_back(state)
+    return metrics, model
+
+
 def test_sharded_step_matches_single_device(data_dir):
     config = load_config("rul_cbam,smoke", data_dir)
     # Plain SGD: Adam's first step is lr·sign(g), which turns float noise in ~0 gradients
     # into ±lr differences and would hide what this test checks.
     config.optim.name = "sgd"
     config.optim.momentum = 0.0
-    recipe = train.make_recipe(config)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
-             "label": rng.integers(0, 7, 8).astype(np.int32)}
+    batch = random_batch()
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:4]):
-        mesh = train.make_mesh(devices)
-        model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
-        with jax.set_mesh(mesh):
-            step, state, write_back = train.make_train_step(recipe, model, optimizer)
-            gbatch = train.to_global(batch, NamedSharding(mesh, P("data")))
-            state, metrics = step(state, gbatch, jnp.int32(0), jax.random.key(0),
-                                  jnp.float32(1.0), jnp.ones(7), jnp.ones(7))
-            write_back(state)
-            results.append((float(metrics["loss"]),
-                            [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+        metrics, model = one_step(config, devices, batch)
+        results.append((float(metrics["loss"]),
+                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
     assert len(jax.devices()) == 4
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
@@ -170,21 +182,12 @@ def test_bfloat16_step_agrees_with_float32(method, data_dir):
     """bf16 compute (as on GPU and TPU) through mixing, CAMs and the losses: each loss term
     within 2 % of the float32 step's, from the same parameters and batch. (rul_cbam without
     CBAM: its bf16 step compiles for 30 s here, and the gates are plain convolutions.)"""
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
-             "label": rng.integers(0, 7, 8).astype(np.int32)}
-    mesh = train.make_mesh(jax.devices()[:1])
     terms = []
     for dtype in ("float32", "bfloat16"):
         config = load_config(f"{method},smoke", data_dir)
         config.model.dtype = dtype
         config.model.cbam_placement = "none"
-        model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
-        with jax.set_mesh(mesh):
-            step, state, _ = train.make_train_step(train.make_recipe(config), model, optimizer)
-            _, metrics = step(state, train.to_global(batch, NamedSharding(mesh, P("data"))),
-                              jnp.int32(0), jax.random.key(0), jnp.float32(1.0), jnp.ones(7),
-                              jnp.ones(7))
+        metrics, _ = one_step(config, jax.devices()[:1], random_batch())
         terms.append({k: float(v) for k, v in metrics.items() if k.startswith("loss")})
     assert terms[0].keys() == terms[1].keys() and len(terms[0]) >= 2 - (method == "rul_cbam")
     for name, value in terms[0].items():
