@@ -76,8 +76,10 @@ def forward_flip_pair(model, batch, ctx):
 
 @FORWARDS.register("uncertainty_mix")
 def forward_uncertainty_mix(model, batch, ctx):
-    """RUL: one random pairing per step, features mixed by relative uncertainty."""
-    perm = L.sample_permutation(ctx.key, batch["image"].shape[0])
+    """RUL: one random pairing per step, features mixed by relative uncertainty;
+    config.loss.mix_group_size > 0 pairs within consecutive groups (per-GPU batches)."""
+    perm = L.sample_permutation(ctx.key, batch["image"].shape[0],
+                                ctx.loss_cfg["mix_group_size"])
     return {**model(batch["image"], mix_perm=perm), "mix_perm": perm}
 
 

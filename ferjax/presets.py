@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     lo.rsl_epsilon = 0.3            # ε of MEK's re-balanced smooth labels
     lo.bbn_alpha_rule = "paper"     # BBN α divisor: 'paper' (T_max) or 'official'
     lo.flip_bn = "joint"            # flip_pair BatchNorm: 'joint' (one 2N pass) or 'separate'
+    lo.mix_group_size = 0           # RUL pairs within groups of this many (per-GPU batch); 0 = all
 
     c.augment = a = ml_collections.ConfigDict()
     a.ops = ("flip", "normalize")   # on-device augmentation ops, in order

@@ -86,7 +86,11 @@ def make_recipe(config) -> Recipe:
     static = {"class_weight": loss.class_weight,
               "class_weight_reduction": loss.class_weight_reduction,
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
-              "flip_bn": loss.flip_bn}
+              "flip_bn": loss.flip_bn, "mix_group_size": int(loss.mix_group_size)}
+    if loss.forward == "uncertainty_mix" and loss.mix_group_size > 0 and (
+            config.train.batch_size % loss.mix_group_size):
+        raise ValueError(f"config.loss.mix_group_size={loss.mix_group_size} does not divide "
+                         f"config.train.batch_size={config.train.batch_size}")
     host_image_size(config.data)  # fail early on a bad value
     samplers = ("sampler", "second_sampler") if loss.forward == "dual_branch" else ("sampler",)
     for key in samplers:

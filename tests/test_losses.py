@@ -224,6 +224,19 @@ def test_rul_add_up_loss_by_hand():
 def test_sample_permutation_is_a_permutation():
     perm = np.asarray(L.sample_permutation(jax.random.key(0), 64))
     assert sorted(perm.tolist()) == list(range(64))
+    # A group as large as the batch is the whole-batch permutation.
+    np.testing.assert_array_equal(L.sample_permutation(jax.random.key(0), 64, 64), perm)
+
+
+def test_grouped_permutation_pairs_within_each_group():
+    perm = np.asarray(L.sample_permutation(jax.random.key(3), 64, 16))
+    assert sorted(perm.tolist()) == list(range(64))
+    np.testing.assert_array_equal(perm // 16, np.arange(64) // 16)
+    assert (perm != np.arange(64)).sum() > 32  # groups are shuffled, not left in place
+    # Groups draw different pairings.
+    assert len({tuple(perm[g * 16:(g + 1) * 16] - g * 16) for g in range(4)}) == 4
+    with pytest.raises(ValueError, match="mix_group_size"):
+        L.sample_permutation(jax.random.key(3), 60, 16)
 
 
 # ---------------------------------------------------------------- BBN

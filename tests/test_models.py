@@ -412,3 +412,23 @@ def test_flip_pair_batch_norm_statistics_per_view_or_joint(flip_bn):
     assert gap < 1e-5
     mirrored_alone = model(x[:, :, ::-1], return_cam=True)["cam"]
     np.testing.assert_allclose(out["cam_flipped"], mirrored_alone, atol=1e-5)
+
+
+def test_uncertainty_mix_forward_pairs_within_config_mix_groups():
+    """config.loss.mix_group_size reaches the pairing: partners stay in their group of 4."""
+    from ferjax import methods
+    seen = {}
+
+    def model(x, mix_perm):
+        seen["perm"] = np.asarray(mix_perm)
+        return {"logits": jnp.zeros((x.shape[0], 7))}
+
+    x = jnp.zeros((16, 8, 8, 3))
+    for group in (0, 4):
+        ctx = methods.StepContext(None, None, None, jax.random.key(1),
+                                  {"mix_group_size": group})
+        out = methods.FORWARDS.get("uncertainty_mix")(model, {"image": x}, ctx)
+        np.testing.assert_array_equal(out["mix_perm"], seen["perm"])
+        assert sorted(seen["perm"].tolist()) == list(range(16))
+        within = (seen["perm"] // 4 == np.arange(16) // 4).all()
+        assert within == (group == 4)  # 0: the whole batch, partners cross groups

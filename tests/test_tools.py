@@ -313,3 +313,14 @@ def test_a_workdir_from_before_a_new_field_reads_with_its_default(tmp_path):
     with pytest.raises(KeyError, match=r"config.data.sampler='balanced'; registered samplers: "
                                        r"\['class_balanced', 'reversed', 'uniform'\]"):
         train.make_recipe(config)
+
+
+def test_a_mix_group_size_that_does_not_divide_the_batch_fails_naming_both_keys():
+    config = load("synthetic.py", "rul_cbam")
+    config.train.batch_size = 64
+    config.loss.mix_group_size = 32
+    assert train.make_recipe(config).loss_static["mix_group_size"] == 32
+    config.loss.mix_group_size = 24
+    with pytest.raises(ValueError, match=r"config.loss.mix_group_size=24 does not divide "
+                                         r"config.train.batch_size=64"):
+        train.make_recipe(config)

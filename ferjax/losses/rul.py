@@ -56,6 +56,23 @@ def rul_add_up_loss(logits: jax.Array, labels: jax.Array, perm: jax.Array,
     return 0.5 * (loss_own + loss_partner)
 
 
-def sample_permutation(key: jax.Array, batch_size: int) -> jax.Array:
-    """A uniformly random permutation of the batch (torch.randperm equivalent)."""
-    return jax.random.permutation(key, jnp.arange(batch_size))
+def sample_permutation(key: jax.Array, batch_size: int, group_size: int = 0) -> jax.Array:
+    """A uniformly random pairing π of the batch (torch.randperm equivalent).
+
+    With `group_size` > 0 the batch is cut into consecutive groups of that many samples and
+    each group is permuted on its own, so partners never cross a group: the pairing of
+    data-parallel PyTorch code, where each GPU permutes its own batch (spec §7.3).
+    `group_size` 0 or `batch_size` permutes the whole batch.
+
+    Returns:
+      (batch_size,) int32 permutation.
+    """
+    if group_size <= 0 or group_size == batch_size:
+        return jax.random.permutation(key, jnp.arange(batch_size))
+    if batch_size % group_size:
+        raise ValueError(f"batch of {batch_size} does not split into mix groups of "
+                         f"{group_size} (config.loss.mix_group_size)")
+    groups = batch_size // group_size
+    keys = jax.random.split(key, groups)
+    local = jax.vmap(lambda k: jax.random.permutation(k, jnp.arange(group_size)))(keys)
+    return (local + group_size * jnp.arange(groups)[:, None]).reshape(batch_size)
