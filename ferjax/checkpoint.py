@@ -71,6 +71,10 @@ class Checkpointer:
         self.best.wait_until_finished()
         return True
 
+    def best_step(self) -> int | None:
+        """The step of the kept best checkpoint, or None before the first evaluation."""
+        return self.best.best_step()
+
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 

@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = e = ml_collections.ConfigDict()
     e.batch_size = 256              # global eval batch (padded; every example counts once)
     e.final_splits = ""             # 'test,validation': evaluated after training, last and best
+    e.track_splits = ""             # also scored at every evaluation; selection stays on eval_split
     e.flip_average = False          # test-time flip: mean class probabilities of image and mirror
     return c
 

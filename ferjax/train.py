@@ -362,20 +362,49 @@ def evaluations_since_best(history: list[dict], metric: str = "mean_class_accura
     return len(values) - 1 - int(np.nanargmax(values))
 
 
-def _write_evaluation(writer, workdir: str, record: dict, summary: dict, cm: np.ndarray,
-                      class_names, split: str) -> None:
-    """One evaluation to evals.jsonl, and to the scalars and picture of `writer`."""
-    with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    step = record["step"]
+def _write_evaluation(writer, step: int, summary: dict, cm: np.ndarray, class_names,
+                      split: str, prefix: str) -> None:
+    """One evaluation of `split` to the scalars and the picture of `writer`, under `prefix`
+    ('eval' for config.data.eval_split, 'eval_<split>' for tracked splits)."""
     writer.write_scalars(step, {
-        "eval/accuracy": summary["accuracy"],
-        "eval/mean_class_accuracy": summary["mean_class_accuracy"],
-        "eval/macro_f1": summary["macro_f1"],
-        **{f"eval/class_accuracy/{n}": a
+        **{f"{prefix}/{name}": summary[name] for name in metrics_lib.HEADLINE},
+        **{f"{prefix}/class_accuracy/{n}": a
            for n, a in zip(class_names, summary["per_class_accuracy"]) if not np.isnan(a)}})
-    writer.write_image(step, "eval/confusion_matrix", np.asarray(
+    writer.write_image(step, f"{prefix}/confusion_matrix", np.asarray(
         metrics_lib.confusion_picture(cm, class_names, f"step {step}, {split}")))
+
+
+def _named_eval_splits(config) -> tuple[Any, tuple[str, ...], dict]:
+    """(builder or None, the names of config.eval.final_splits, {name: opened split} of
+    config.eval.track_splits). A wrong name fails here, before any training."""
+    names = {field: tuple(s.strip() for s in config.eval[field].split(",") if s.strip())
+             for field in ("final_splits", "track_splits")}
+    if not any(names.values()):
+        return None, (), {}
+    builder = sources.prepared_builder(config.data)
+    for field, splits in names.items():
+        for split in splits:
+            sources.check_eval_split(builder, config.data, split, f"config.eval.{field}")
+    if config.data.eval_split in names["track_splits"]:
+        raise ValueError(f"config.eval.track_splits has {config.data.eval_split!r}, which is "
+                         f"config.data.eval_split and so evaluated every time already")
+    tracked = {split: sources.open_eval_split(builder, config.data, split)
+               for split in names["track_splits"]}
+    return builder, names["final_splits"], tracked
+
+
+def tracked_summary(history: list[dict], best_step: int | None) -> dict:
+    """{split: {'last' | 'at_best': {'step', *HEADLINE}}} of the tracked splits in `history`
+    (evals.jsonl records, oldest first): their scores at the last evaluation and at the
+    evaluation of the best checkpoint (`best_step`), i.e. what selecting on
+    config.data.eval_split would report for them."""
+    out: dict[str, dict] = {}
+    for which, record in (("last", history[-1] if history else None),
+                          ("at_best", next((h for h in history if h["step"] == best_step),
+                                           None))):
+        for split, scores in (record or {}).get("tracked", {}).items():
+            out.setdefault(split, {})[which] = {"step": record["step"], **scores}
+    return out
 
 
 def _write_config(config, workdir: str) -> None:
@@ -437,10 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              f"divide over {jax.device_count()} devices")
 
     train_split, eval_split = sources.open_train_and_eval(config.data)
-    final_splits = tuple(s.strip() for s in config.eval.final_splits.split(",") if s.strip())
-    builder = sources.prepared_builder(config.data) if final_splits else None
-    for split in final_splits:  # a wrong name fails now, not after training
-        sources.check_eval_split(builder, config.data, split, "config.eval.final_splits")
+    builder, final_splits, tracked = _named_eval_splits(config)
     num_classes = train_split.num_classes
     train_data = pipeline.train_dataset(
         train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
@@ -554,13 +580,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary = metrics_lib.accuracy_summary(cm)
         last_cm = cm
         record = {"step": at_step, **metrics_lib.headline(summary)}
-        history.append(record)
-        if is_writer:
-            _write_evaluation(writer, workdir, record, summary, cm, eval_split.class_names,
-                              config.data.eval_split)
         message = (f"eval step {at_step} (epoch {at_step / steps_per_epoch:.2f}): "
                    f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
                    f"{100 * summary['mean_class_accuracy']:.2f}")
+        if is_writer:
+            _write_evaluation(writer, at_step, summary, cm, eval_split.class_names,
+                              config.data.eval_split, "eval")
+        for split, data in tracked.items():
+            cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes)
+            summary_split = metrics_lib.accuracy_summary(cm_split)
+            record.setdefault("tracked", {})[split] = metrics_lib.headline(summary_split)
+            message += (f" | {split}: {100 * summary_split['accuracy']:.2f}  "
+                        f"{100 * summary_split['mean_class_accuracy']:.2f}")
+            if is_writer:
+                _write_evaluation(writer, at_step, summary_split, cm_split,
+                                  eval_split.class_names, split, f"eval_{split}")
+        history.append(record)
+        if is_writer:
+            with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
         (bar.write if bar is not None else log.info)(message)
         ckpt.save_if_best(at_step, model, optimizer, record)
         return summary
@@ -614,7 +652,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     for metric in metrics_lib.HEADLINE})
             result = _final_summary(config, workdir, history, last_cm,
                                     eval_split.class_names, step, total_steps,
-                                    preemption.stop, nonfinite_steps, finals, early_stopped)
+                                    preemption.stop, nonfinite_steps, finals, early_stopped,
+                                    tracked_summary(history, ckpt.best_step()))
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:
@@ -656,7 +695,7 @@ def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, e
 
 def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
                    nonfinite_steps, final_splits: dict | None = None,
-                   early_stopped: bool = False) -> dict:
+                   early_stopped: bool = False, tracked: dict | None = None) -> dict:
     k = config.train.mean_of_last_k
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
                               "early_stopped": early_stopped,
@@ -674,6 +713,8 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
         result["per_class_table"] = table
         if final_splits:
             result["final_splits"] = final_splits
+        if tracked:
+            result["tracked_splits"] = tracked
         if jax.process_index() == 0:
             metrics_lib.save_confusion_png(cm, class_names,
                                            os.path.join(workdir, "confusion_matrix.png"),
@@ -681,4 +722,8 @@ def _final_summary(config, workdir, history, cm, class_names, step, total_steps,
             with open(os.path.join(workdir, "summary.json"), "w") as f:
                 json.dump(result, f, indent=2)
         log.info("final evaluation at step %d:\n%s", step, table)
+        for split, by_which in (tracked or {}).items():
+            log.info("tracked %s: %s", split, "; ".join(
+                f"{which} (step {r['step']}) accuracy {100 * r['accuracy']:.2f} mean class "
+                f"accuracy {100 * r['mean_class_accuracy']:.2f}" for which, r in by_which.items()))
     return result

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ferjax import train
 from ferjax.checkpoint import Checkpointer, model_state
 from ferjax.models import build_model
+from ferjax.metrics import HEADLINE
 from ferjax.presets import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -223,12 +224,14 @@ def test_loss_weight_vectors_give_absent_classes_zero():
 def test_final_splits_report_last_and_best_after_selecting_on_holdout(data_dir, tmp_path,
                                                                      monkeypatch):
     """Select on a held-out part, report on test: 'last' is the model after the last step,
-    'best' the best/ checkpoint, each as `ferjax.evaluate` would score it."""
+    'best' the best/ checkpoint, each as `ferjax.evaluate` would score it. Tracking test at
+    every evaluation gives the same two scores."""
     from ferjax import evaluate
     config = load_config("baseline,smoke", data_dir)
     config.data.holdout_fraction = 0.25
     config.data.eval_split = "holdout"
     config.eval.final_splits = "test, holdout"
+    config.eval.track_splits = "test"
     save_if_best = Checkpointer.save_if_best  # keep step 3 as the best, so best != last
     monkeypatch.setattr(Checkpointer, "save_if_best", lambda self, step, *a: step == 3 and
                         save_if_best(self, step, *a))
@@ -244,13 +247,25 @@ def test_final_splits_report_last_and_best_after_selecting_on_holdout(data_dir, 
         "confusion_matrix"]
     # The last holdout evaluation of the loop is the final 'last' one.
     assert finals["holdout"]["last"]["confusion_matrix"] == result["confusion_matrix"]
-    scalars, _ = tensorboard_tags(tmp_path / "tensorboard")
-    assert "final/test/best/mean_class_accuracy" in scalars
-    # A split the dataset lacks fails before training.
-    config.eval.final_splits = "tset"
-    with pytest.raises(KeyError, match="config.eval.final_splits has 'tset'"):
-        train.train_and_evaluate(config, str(tmp_path / "again"))
-    assert not (tmp_path / "again" / "checkpoints").exists()
+    tracked = result["tracked_splits"]["test"]
+    for which, final in (("last", "last"), ("at_best", "best")):
+        assert {k: finals["test"][final][k] for k in ("step", *HEADLINE)} == tracked[which]
+    records = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    assert all(set(r["tracked"]) == {"test"} for r in records)
+    scalars, images = tensorboard_tags(tmp_path / "tensorboard")
+    assert {"final/test/best/mean_class_accuracy", "eval_test/mean_class_accuracy",
+            "eval/mean_class_accuracy"} <= scalars
+    assert {"eval/confusion_matrix", "eval_test/confusion_matrix"} <= images
+    # A split the dataset lacks, or tracking the selection split, fails before training.
+    for field, value, error in (("final_splits", "tset", "config.eval.final_splits has 'tset'"),
+                                ("track_splits", "holdout", "config.eval.track_splits has "
+                                 "'holdout', which is config.data.eval_split")):
+        bad = config.copy_and_resolve_references()
+        bad.eval[field] = value
+        with pytest.raises((KeyError, ValueError), match=error):
+            train.train_and_evaluate(bad, str(tmp_path / "again"))
+        assert not (tmp_path / "again" / "checkpoints").exists()
 
 
 def test_flip_average_is_the_mean_of_image_and_mirror(data_dir):
