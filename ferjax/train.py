@@ -590,8 +590,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes)
             summary_split = metrics_lib.accuracy_summary(cm_split)
             record.setdefault("tracked", {})[split] = metrics_lib.headline(summary_split)
-            message += (f" | {split}: {100 * summary_split['accuracy']:.2f}  "
-                        f"{100 * summary_split['mean_class_accuracy']:.2f}")
+            message += (f" | {split}: accuracy {100 * summary_split['accuracy']:.2f}  mean "
+                        f"class {100 * summary_split['mean_class_accuracy']:.2f}")
             if is_writer:
                 _write_evaluation(writer, at_step, summary_split, cm_split,
                                   eval_split.class_names, split, f"eval_{split}")
