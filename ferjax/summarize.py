@@ -9,6 +9,11 @@ mean and sample standard deviation over the runs, and the metrics of the pooled 
 matrix: the sum of the runs' last-evaluation matrices, which for folds with disjoint test
 sets is the cross-validated result over every test image once.
 
+With `--split test`, the runs' `final_splits` (config.eval.final_splits) are summarized
+instead: that split scored with the last model and with the best checkpoint (kinds 'last'
+and 'best'), e.g. seeds that each selected `best/` on a held-out part and reported test;
+`--pool best` then pools the best checkpoints' matrices instead of the last models'.
+
 A run that stopped before its last step (preempted, or still going; early stopping by
 train.early_stop_patience counts as finished) is listed but left out of the mean unless
 --include_unfinished; a workdir without summary.json is reported and skipped. The
@@ -38,9 +43,12 @@ class RunError(ValueError):
     """A workdir that cannot be summarized, with the reason."""
 
 
-def load_run(workdir: str) -> dict:
+def load_run(workdir: str, split: str | None = None, pool: str = "last") -> dict:
     """The summary.json of `workdir`, with its class names ('class_names') and whether it
-    ran to its last step ('finished'). Raises RunError naming the file otherwise."""
+    ran to its last step ('finished'). With `split`, the metrics are those of its
+    final_splits[split] and the confusion matrix that of the `pool` ('last' or 'best')
+    model; without, the evaluation split's, and `pool` must be 'last' (summary.json keeps
+    only the last evaluation's matrix). Raises RunError naming the file otherwise."""
     path = os.path.join(workdir, "summary.json")
     if not os.path.isfile(path):
         why = "not a folder" if not os.path.isdir(workdir) else \
@@ -50,9 +58,23 @@ def load_run(workdir: str) -> dict:
         with open(path) as f:
             run = json.load(f)
         names = list(run["per_class_accuracy"])
-        cm = np.asarray(run["confusion_matrix"], np.int64)
-        values = {m: _kinds(run[m]) for m in METRICS if m in run}
+        if split is None:
+            cm = np.asarray(run["confusion_matrix"], np.int64)
+            values = {m: _kinds(run[m]) for m in METRICS if m in run}
+        else:
+            finals = run.get("final_splits", {})
+            if split not in finals:
+                raise RunError(f"{path}: no final_splits[{split!r}] (it has "
+                               f"{sorted(finals) or 'none'}; config.eval.final_splits)")
+            by_model = finals[split]
+            if pool not in by_model:
+                raise RunError(f"{path}: final_splits[{split!r}] has no {pool!r} model")
+            cm = np.asarray(by_model[pool]["confusion_matrix"], np.int64)
+            values = {m: {kind: r[m] for kind, r in by_model.items() if m in r}
+                      for m in METRICS}
     except (OSError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, RunError):
+            raise
         raise RunError(f"{path}: not a ferjax summary ({type(e).__name__}: {e})") from None
     if cm.shape != (len(names), len(names)):
         raise RunError(f"{path}: confusion matrix {cm.shape} for {len(names)} classes")
@@ -94,6 +116,8 @@ def summarize(runs: list[dict]) -> dict:
     for metric in METRICS:
         for kind in KINDS:
             values = [r["values"].get(metric, {}).get(kind) for r in runs]
+            if all(v is None for v in values):  # e.g. no mean of last k for final_splits
+                continue
             mean, std = mean_and_std(values)
             stats[f"{metric}/{kind}"] = {"mean": mean, "std": std}
     pooled = sum(r["confusion_matrix"] for r in runs)
@@ -112,7 +136,8 @@ def _percent(value) -> str:
 
 def format_table(runs: list[dict], result: dict | None) -> str:
     """One row per run (in %), then mean and std rows over the runs in `result`."""
-    columns = [(m, k) for m in METRICS for k in KINDS]
+    kinds = [k for k in KINDS if any(k in r["values"].get(m, {}) for r in runs for m in METRICS)]
+    columns = [(m, k) for m in METRICS for k in kinds]
     ks = {r["mean_of_last_k"] for r in runs}
     short = dict(SHORT, mean_last=f"mean{ks.pop() if len(ks) == 1 else 'K'}")
     width = max([len("mean (n runs)")] + [len(r["workdir"]) + 13 for r in runs])
@@ -129,7 +154,7 @@ def format_table(runs: list[dict], result: dict | None) -> str:
         for row in ("mean", "std"):
             label = f"{row} ({n} run{'s' * (n != 1)})"
             lines.append(f"{label:<{width}} " + " ".join(
-                f"{_percent(result['stats'][f'{m}/{k}'][row]):>10}" for m, k in columns))
+                f"{_percent(result['stats'].get(f'{m}/{k}', {}).get(row)):>10}" for m, k in columns))
     return "\n".join(lines)
 
 
@@ -138,14 +163,23 @@ def main(argv=None) -> int:
     parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs")
     parser.add_argument("--include_unfinished", action="store_true",
                         help="count runs that stopped before their last step in the mean")
+    parser.add_argument("--split", default=None,
+                        help="summarize this split of the runs' final_splits "
+                             "(config.eval.final_splits) instead of the evaluation split")
+    parser.add_argument("--pool", choices=("last", "best"), default="last",
+                        help="whose confusion matrices to pool: the last models' or, with "
+                             "--split, the best checkpoints'")
     parser.add_argument("--json", default=None, help="also write the summary to this file")
     parser.add_argument("--picture", default=None,
                         help="also draw the pooled confusion matrix to this PNG")
     args = parser.parse_args(argv)
+    if args.pool == "best" and args.split is None:
+        parser.error("--pool best needs --split: summary.json keeps only the last "
+                     "evaluation's confusion matrix of the evaluation split")
     problems, runs = [], []
     for workdir in args.workdirs:
         try:
-            runs.append(load_run(workdir))
+            runs.append(load_run(workdir, args.split, args.pool))
         except RunError as e:
             problems.append(str(e))
     counted = [r for r in runs if r["finished"] or args.include_unfinished]
@@ -161,7 +195,9 @@ def main(argv=None) -> int:
         print(format_table(runs, result))
     if result is not None:
         pooled = result["pooled"]
-        print(f"\npooled last evaluations of {len(counted)} run(s) (confusion matrices summed):"
+        what = (f"{args.split} with the {args.pool} models" if args.split
+                else "last evaluations")
+        print(f"\npooled {what} of {len(counted)} run(s) (confusion matrices summed):"
               f" accuracy {_percent(pooled['accuracy'])}, mean class accuracy "
               f"{_percent(pooled['mean_class_accuracy'])}, macro F1 "
               f"{_percent(pooled['macro_f1'])}\n{pooled['table']}")
@@ -171,7 +207,9 @@ def main(argv=None) -> int:
         if args.picture:
             metrics.save_confusion_png(np.asarray(pooled["confusion_matrix"]),
                                        result["class_names"], args.picture,
-                                       f"pooled over {len(counted)} runs")
+                                       f"pooled over {len(counted)} runs"
+                                       + (f", {args.split} ({args.pool})" if args.split
+                                          else ""))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not counted:

@@ -324,3 +324,41 @@ def test_a_mix_group_size_that_does_not_divide_the_batch_fails_naming_both_keys(
     with pytest.raises(ValueError, match=r"config.loss.mix_group_size=24 does not divide "
                                          r"config.train.batch_size=64"):
         train.make_recipe(config)
+
+
+def test_summarize_a_final_split_over_runs_with_the_best_or_last_matrices(trained, tmp_path,
+                                                                          capsys):
+    """--split summarizes summary.json final_splits[split]: kinds last and best, pooled
+    over the `--pool` model's matrices; a run without that split is named."""
+    real = json.loads((trained / "summary.json").read_text())
+    k = len(real["per_class_accuracy"])
+    eye, ones = np.eye(k, dtype=int), np.ones((k, k), dtype=int)
+
+    def final(acc_last, acc_best, cm_last, cm_best):
+        return {"test": {
+            "last": {"step": 6, "accuracy": acc_last, "mean_class_accuracy": 0.4,
+                     "macro_f1": 0.3, "confusion_matrix": cm_last.tolist()},
+            "best": {"step": 3, "accuracy": acc_best, "mean_class_accuracy": 0.5,
+                     "macro_f1": 0.35, "confusion_matrix": cm_best.tolist()}}}
+
+    for name, finals in (("seed0", final(0.6, 0.8, eye, ones)),
+                         ("seed1", final(0.4, 0.7, ones, eye))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(dict(real,
+                                                                      final_splits=finals)))
+    seeds = [str(tmp_path / "seed0"), str(tmp_path / "seed1")]
+    out_json = tmp_path / "s.json"
+    assert summarize.main(seeds + ["--split", "test", "--pool", "best", "--json",
+                                   str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["stats"]["accuracy/best"]["mean"] == pytest.approx(0.75)
+    assert result["stats"]["accuracy/last"]["std"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert "accuracy/mean_last" not in result["stats"]
+    assert result["pooled"]["confusion_matrix"] == (ones + eye).tolist()  # seed0 best + seed1 best
+    out = capsys.readouterr().out
+    assert "meanK" not in out and "mean5" not in out and "test with the best models" in out
+    # A run lacking the split is named; --pool best needs --split.
+    assert summarize.main(seeds + [str(trained), "--split", "test"]) == 1
+    assert "no final_splits['test']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        summarize.main(seeds + ["--pool", "best"])
