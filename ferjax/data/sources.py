@@ -182,7 +182,8 @@ def with_protocols(builder, data_cfg, train: Split) -> Split:
         if isinstance(train.source, Subset):
             ids = ids[train.source.indices]
     keep, labels = protocols.apply(ids, train.labels, data_cfg, train.num_classes)
-    return Split(part_of(train, keep).source, labels, train.class_names)
+    source = train.source if keep.all() else part_of(train, keep).source  # noise keeps all
+    return Split(source, labels, train.class_names)
 
 
 def open_train_and_eval(data_cfg) -> tuple[Split, Split]:
