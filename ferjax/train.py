@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import methods, metrics as metrics_lib
+from ferjax import methods, metrics as metrics_lib, run_records
 from ferjax.checkpoint import Checkpointer
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
@@ -335,45 +335,6 @@ def loss_weight_vectors(class_counts, num_classes: int, scheme: str
     return weights, rebalance
 
 
-def _warn_about_config_changes(config, workdir: str, start_step: int) -> None:
-    saved_config = os.path.join(workdir, "config.json")
-    if not os.path.exists(saved_config):
-        return
-    with open(saved_config) as f:
-        changes = config_changes(json.load(f), config)
-    if changes:
-        log.warning("resuming %s at step %d with a config that differs from the one it "
-                    "was trained with so far:\n  %s", workdir, start_step,
-                    "\n  ".join(changes))
-
-
-def early_stop_due(history: list[dict], patience: int) -> bool:
-    """Whether config.train.early_stop_patience (0 = off) evaluations have passed without
-    a new best."""
-    return bool(patience) and evaluations_since_best(history) >= patience
-
-
-def evaluations_since_best(history: list[dict], metric: str = "mean_class_accuracy") -> int:
-    """How many evaluations of `history` (oldest first) came after the first one with the
-    highest `metric`: the early-stopping count (0 for an empty history)."""
-    values = [h[metric] for h in history if metric in h]
-    if not values:
-        return 0
-    return len(values) - 1 - int(np.nanargmax(values))
-
-
-def _write_evaluation(writer, step: int, summary: dict, cm: np.ndarray, class_names,
-                      split: str, prefix: str) -> None:
-    """One evaluation of `split` to the scalars and the picture of `writer`, under `prefix`
-    ('eval' for config.data.eval_split, 'eval_<split>' for tracked splits)."""
-    writer.write_scalars(step, {
-        **{f"{prefix}/{name}": summary[name] for name in metrics_lib.HEADLINE},
-        **{f"{prefix}/class_accuracy/{n}": a
-           for n, a in zip(class_names, summary["per_class_accuracy"]) if not np.isnan(a)}})
-    writer.write_image(step, f"{prefix}/confusion_matrix", np.asarray(
-        metrics_lib.confusion_picture(cm, class_names, f"step {step}, {split}")))
-
-
 def _named_eval_splits(config) -> tuple[Any, tuple[str, ...], dict]:
     """(builder or None, the names of config.eval.final_splits, {name: opened split} of
     config.eval.track_splits). A wrong name fails here, before any training."""
@@ -391,53 +352,6 @@ def _named_eval_splits(config) -> tuple[Any, tuple[str, ...], dict]:
     tracked = {split: sources.open_eval_split(builder, config.data, split)
                for split in names["track_splits"]}
     return builder, names["final_splits"], tracked
-
-
-def tracked_summary(history: list[dict], best_step: int | None) -> dict:
-    """{split: {'last' | 'at_best': {'step', *HEADLINE}}} of the tracked splits in `history`
-    (evals.jsonl records, oldest first): their scores at the last evaluation and at the
-    evaluation of the best checkpoint (`best_step`), i.e. what selecting on
-    config.data.eval_split would report for them."""
-    out: dict[str, dict] = {}
-    for which, record in (("last", history[-1] if history else None),
-                          ("at_best", next((h for h in history if h["step"] == best_step),
-                                           None))):
-        for split, scores in (record or {}).get("tracked", {}).items():
-            out.setdefault(split, {})[which] = {"step": record["step"], **scores}
-    return out
-
-
-def _write_config(config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """'field: old -> new' for each field whose value in `config` differs from `saved` (a
-    workdir's config.json); fields only one side has are left out (older workdirs)."""
-    new = json.loads(config.to_json_best_effort(sort_keys=True))
-
-    def flat(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict) and key != "terms":
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    old, now = dict(flat(saved)), dict(flat(new))
-    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(old.keys() & now.keys())
-            if old[k] != now[k]]
-
-
-def _load_eval_history(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "evals.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -496,16 +410,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _close(ckpt, train_iter)
         raise
     if start_step:
-        _warn_about_config_changes(config, workdir, start_step)
+        run_records.warn_about_config_changes(config, workdir, start_step)
     if is_writer:
-        _write_config(config, workdir)
+        run_records.write_config(config, workdir)
         with open(os.path.join(workdir, "classes.json"), "w") as f:
             json.dump(list(train_split.class_names), f)
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
         else metrics_lib.NullWriter()
-    history = _load_eval_history(workdir) if start_step else []
+    history = run_records.load_eval_history(workdir) if start_step else []
     patience = config.train.early_stop_patience
-    early_stopped = early_stop_due(history, patience)
+    early_stopped = run_records.early_stop_due(history, patience)
     if early_stopped:
         log.warning("%s stopped early at step %d (no new best mean class accuracy in %d "
                     "evaluations); nothing left to train (raise train.early_stop_patience "
@@ -584,8 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
                    f"{100 * summary['mean_class_accuracy']:.2f}")
         if is_writer:
-            _write_evaluation(writer, at_step, summary, cm, eval_split.class_names,
-                              config.data.eval_split, "eval")
+            run_records.write_evaluation(writer, at_step, summary, cm,
+                                         eval_split.class_names, config.data.eval_split, "eval")
         for split, data in tracked.items():
             cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes)
             summary_split = metrics_lib.accuracy_summary(cm_split)
@@ -593,12 +507,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             message += (f" | {split}: accuracy {100 * summary_split['accuracy']:.2f}  mean "
                         f"class {100 * summary_split['mean_class_accuracy']:.2f}")
             if is_writer:
-                _write_evaluation(writer, at_step, summary_split, cm_split,
-                                  eval_split.class_names, split, f"eval_{split}")
+                run_records.write_evaluation(writer, at_step, summary_split, cm_split,
+                                             eval_split.class_names, split, f"eval_{split}")
         history.append(record)
         if is_writer:
-            with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            run_records.append_evaluation(workdir, record)
         (bar.write if bar is not None else log.info)(message)
         ckpt.save_if_best(at_step, model, optimizer, record)
         return summary
@@ -628,7 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     write_back(state)
                 if step % eval_every == 0 or step == total_steps:
                     run_eval(step)
-                    early_stopped = early_stop_due(history, patience)
+                    early_stopped = run_records.early_stop_due(history, patience)
                 if step % ckpt_every == 0 or step == total_steps or stop or early_stopped:
                     save(step)
                 if boundary:  # the next window's rate leaves out evaluation and saving
@@ -650,10 +563,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     for split, by_checkpoint in finals.items()
                     for which, r in by_checkpoint.items()
                     for metric in metrics_lib.HEADLINE})
-            result = _final_summary(config, workdir, history, last_cm,
-                                    eval_split.class_names, step, total_steps,
-                                    preemption.stop, nonfinite_steps, finals, early_stopped,
-                                    tracked_summary(history, ckpt.best_step()))
+            result = run_records.final_summary(
+                config, workdir, history, last_cm, eval_split.class_names, step, total_steps,
+                preemption.stop, nonfinite_steps, finals, early_stopped,
+                run_records.tracked_summary(history, ckpt.best_step()))
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
             if bar is not None:
@@ -692,38 +605,3 @@ def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, e
                      metrics_lib.per_class_table(summary, class_names))
     return out
 
-
-def _final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
-                   nonfinite_steps, final_splits: dict | None = None,
-                   early_stopped: bool = False, tracked: dict | None = None) -> dict:
-    k = config.train.mean_of_last_k
-    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
-                              "early_stopped": early_stopped,
-                              "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
-    for metric in metrics_lib.HEADLINE:
-        # (evaluations logged before macro F1 was recorded lack it)
-        result[metric] = metrics_lib.history_summary([h[metric] for h in history
-                                                      if metric in h], k)
-    if cm is not None:
-        summary = metrics_lib.accuracy_summary(cm)
-        table = metrics_lib.per_class_table(summary, class_names)
-        result["per_class_accuracy"] = metrics_lib.by_class(class_names,
-                                                            summary["per_class_accuracy"])
-        result["confusion_matrix"] = cm.tolist()
-        result["per_class_table"] = table
-        if final_splits:
-            result["final_splits"] = final_splits
-        if tracked:
-            result["tracked_splits"] = tracked
-        if jax.process_index() == 0:
-            metrics_lib.save_confusion_png(cm, class_names,
-                                           os.path.join(workdir, "confusion_matrix.png"),
-                                           f"{config.data.name} step {step}")
-            with open(os.path.join(workdir, "summary.json"), "w") as f:
-                json.dump(result, f, indent=2)
-        log.info("final evaluation at step %d:\n%s", step, table)
-        for split, by_which in (tracked or {}).items():
-            log.info("tracked %s: %s", split, "; ".join(
-                f"{which} (step {r['step']}) accuracy {100 * r['accuracy']:.2f} mean class "
-                f"accuracy {100 * r['mean_class_accuracy']:.2f}" for which, r in by_which.items()))
-    return result

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import train
+from ferjax import run_records, train
 from ferjax.checkpoint import Checkpointer, model_state
 from ferjax.models import build_model
 from ferjax.metrics import HEADLINE
@@ -129,11 +129,11 @@ def test_resume_after_stop_reaches_the_same_parameters(data_dir, tmp_path, caplo
 def test_config_changes_name_changed_fields_only():
     config = load_config("mek,smoke", "data")
     saved = json.loads(config.to_json_best_effort())
-    assert train.config_changes(saved, config) == []
+    assert run_records.config_changes(saved, config) == []
     saved["train"]["batch_size"] = 8
     saved["loss"]["terms"] = {"rsl": 1.0}
     del saved["optim"]["lr"]  # a workdir from before a field existed
-    assert train.config_changes(saved, config) == [
+    assert run_records.config_changes(saved, config) == [
         f"loss.terms: {{'rsl': 1.0}} -> {{'rac': {config.loss.terms.rac}, 'rsl': 1.0}}",
         "train.batch_size: 8 -> 16"]
 
@@ -285,15 +285,15 @@ def test_flip_average_is_the_mean_of_image_and_mirror(data_dir):
 
 def test_evaluations_since_best_counts_after_the_first_maximum():
     history = [{"mean_class_accuracy": v} for v in (0.1, 0.3, 0.2, 0.3)]
-    assert train.evaluations_since_best(history) == 2  # a tie is no new best
-    assert train.evaluations_since_best(history[:2]) == 0
-    assert train.evaluations_since_best([]) == 0
+    assert run_records.evaluations_since_best(history) == 2  # a tie is no new best
+    assert run_records.evaluations_since_best(history[:2]) == 0
+    assert run_records.evaluations_since_best([]) == 0
 
 
 def test_early_stop_saves_reports_and_stays_stopped_on_rerun(data_dir, tmp_path, monkeypatch,
                                                              caplog):
     # Here every evaluation after the first counts as one without a new best.
-    monkeypatch.setattr(train, "evaluations_since_best", lambda history: len(history) - 1)
+    monkeypatch.setattr(run_records, "evaluations_since_best", lambda history: len(history) - 1)
     config = load_config("baseline,smoke", data_dir)
     config.train.num_steps = 12
     config.train.eval_every_steps = 2

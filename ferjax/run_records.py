@@ -1,0 +1,160 @@
+"""What a training run writes into its workdir besides checkpoints, and reads back.
+
+`config.json` (the resolved config), `evals.jsonl` (one record per evaluation: step,
+headline metrics, and under 'tracked' those of config.eval.track_splits), TensorBoard
+evaluation scalars and pictures, and `summary.json` at the end. On resume the history is
+read back for early stopping and the last / best / mean-of-last-k summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ferjax import metrics as metrics_lib
+
+log = logging.getLogger("ferjax")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """`text` to `path` through a temporary file, so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_config(config, workdir: str) -> None:
+    _write_atomically(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """'field: old -> new' for each field whose value in `config` differs from `saved` (a
+    workdir's config.json); fields only one side has are left out (older workdirs)."""
+    new = json.loads(config.to_json_best_effort(sort_keys=True))
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "terms":
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    old, now = dict(flat(saved)), dict(flat(new))
+    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(old.keys() & now.keys())
+            if old[k] != now[k]]
+
+
+def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
+    """Logs each field a resumed run's `config` changes against its config.json."""
+    saved_config = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved_config):
+        return
+    with open(saved_config) as f:
+        changes = config_changes(json.load(f), config)
+    if changes:
+        log.warning("resuming %s at step %d with a config that differs from the one it "
+                    "was trained with so far:\n  %s", workdir, start_step,
+                    "\n  ".join(changes))
+
+
+def load_eval_history(workdir: str) -> list[dict]:
+    """The records of evals.jsonl, oldest first ([] before the first evaluation)."""
+    path = os.path.join(workdir, "evals.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_evaluation(workdir: str, record: dict) -> None:
+    """One evaluation record to evals.jsonl."""
+    with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_evaluation(writer, step: int, summary: dict, cm: np.ndarray, class_names,
+                      split: str, prefix: str) -> None:
+    """One evaluation of `split` to the scalars and the picture of `writer`, under `prefix`
+    ('eval' for config.data.eval_split, 'eval_<split>' for tracked splits)."""
+    writer.write_scalars(step, {
+        **{f"{prefix}/{name}": summary[name] for name in metrics_lib.HEADLINE},
+        **{f"{prefix}/class_accuracy/{n}": a
+           for n, a in zip(class_names, summary["per_class_accuracy"]) if not np.isnan(a)}})
+    writer.write_image(step, f"{prefix}/confusion_matrix", np.asarray(
+        metrics_lib.confusion_picture(cm, class_names, f"step {step}, {split}")))
+
+
+def early_stop_due(history: list[dict], patience: int) -> bool:
+    """Whether config.train.early_stop_patience (0 = off) evaluations have passed without
+    a new best."""
+    return bool(patience) and evaluations_since_best(history) >= patience
+
+
+def evaluations_since_best(history: list[dict], metric: str = "mean_class_accuracy") -> int:
+    """How many evaluations of `history` (oldest first) came after the first one with the
+    highest `metric`: the early-stopping count (0 for an empty history)."""
+    values = [h[metric] for h in history if metric in h]
+    if not values:
+        return 0
+    return len(values) - 1 - int(np.nanargmax(values))
+
+
+def tracked_summary(history: list[dict], best_step: int | None) -> dict:
+    """{split: {'last' | 'at_best': {'step', *HEADLINE}}} of the tracked splits in `history`
+    (evals.jsonl records, oldest first): their scores at the last evaluation and at the
+    evaluation of the best checkpoint (`best_step`), i.e. what selecting on
+    config.data.eval_split would report for them."""
+    out: dict[str, dict] = {}
+    for which, record in (("last", history[-1] if history else None),
+                          ("at_best", next((h for h in history if h["step"] == best_step),
+                                           None))):
+        for split, scores in (record or {}).get("tracked", {}).items():
+            out.setdefault(split, {})[which] = {"step": record["step"], **scores}
+    return out
+
+
+def final_summary(config, workdir, history, cm, class_names, step, total_steps, preempted,
+                   nonfinite_steps, final_splits: dict | None = None,
+                   early_stopped: bool = False, tracked: dict | None = None) -> dict:
+    """summary.json and confusion_matrix.png of a finished (or stopped) run; returns the
+    summary: last / best / mean-of-last-k of each headline metric over `history`, the
+    last evaluation's per-class results and matrix `cm`, and the final / tracked splits."""
+    k = config.train.mean_of_last_k
+    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "preempted": preempted,
+                              "early_stopped": early_stopped,
+                              "nonfinite_steps": len(nonfinite_steps), "workdir": workdir}
+    for metric in metrics_lib.HEADLINE:
+        # (evaluations logged before macro F1 was recorded lack it)
+        result[metric] = metrics_lib.history_summary([h[metric] for h in history
+                                                      if metric in h], k)
+    if cm is not None:
+        summary = metrics_lib.accuracy_summary(cm)
+        table = metrics_lib.per_class_table(summary, class_names)
+        result["per_class_accuracy"] = metrics_lib.by_class(class_names,
+                                                            summary["per_class_accuracy"])
+        result["confusion_matrix"] = cm.tolist()
+        result["per_class_table"] = table
+        if final_splits:
+            result["final_splits"] = final_splits
+        if tracked:
+            result["tracked_splits"] = tracked
+        if jax.process_index() == 0:
+            metrics_lib.save_confusion_png(cm, class_names,
+                                           os.path.join(workdir, "confusion_matrix.png"),
+                                           f"{config.data.name} step {step}")
+            _write_atomically(os.path.join(workdir, "summary.json"),
+                              json.dumps(result, indent=2))
+        log.info("final evaluation at step %d:\n%s", step, table)
+        for split, by_which in (tracked or {}).items():
+            log.info("tracked %s: %s", split, "; ".join(
+                f"{which} (step {r['step']}) accuracy {100 * r['accuracy']:.2f} mean class "
+                f"accuracy {100 * r['mean_class_accuracy']:.2f}" for which, r in by_which.items()))
+    return result
