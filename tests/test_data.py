@@ -531,3 +531,28 @@ def test_interrupted_build_is_reported_not_deleted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ferjax.data"):
         build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
     assert "interrupted" not in caplog.text  # prepared: nothing to build, nothing to say
+
+
+def test_a_damaged_record_file_is_named_with_the_command_that_rebuilds_it(tiny_data_dir,
+                                                                         tmp_path, capsys):
+    shutil.copytree(tiny_data_dir, tmp_path / "data")
+    version_dir = pathlib.Path(build_lib.make_builder("synthetic_fer", "tiny",
+                                                      str(tmp_path / "data")).data_dir)
+    damaged = next(version_dir.glob("*-train.array_record*"))
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    cfg = ml_collections.ConfigDict(dict(
+        name="synthetic_fer", config="tiny", data_dir=str(tmp_path / "data"), auto_build=False,
+        train_split="train", eval_split="test", fold=-1, num_folds=10, holdout_fraction=0.0))
+    with pytest.raises(build_lib.CorruptDatasetError, match=(
+            rf"synthetic_fer split 'train' is damaged at record \d+ of 140 .*files: "
+            rf"{damaged}\. Rebuild it: python -m ferjax.data.build --dataset synthetic_fer "
+            rf"--config tiny --data_dir {tmp_path / 'data'} --overwrite$")):
+        open_train_and_eval(cfg)
+    command = ["--dataset", "synthetic_fer", "--config", "tiny", "--data_dir",
+               str(tmp_path / "data")]
+    assert build_lib.main(command) == 1  # reusing the damaged build: named, not a traceback
+    assert "split 'train' is damaged" in capsys.readouterr().err
+    assert build_lib.main(command + ["--overwrite"]) == 0  # what the message says to run
+    assert len(open_train_and_eval(cfg)[0]) == 140

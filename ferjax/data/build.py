@@ -92,11 +92,35 @@ def _warn_about_interrupted_builds(builder) -> None:
                     "build of this dataset is running", path, size / 2**20)
 
 
+class CorruptDatasetError(ValueError):
+    """A prepared split's record files cannot be read back (damaged or truncated)."""
+
+
+def rebuild_command(builder) -> str:
+    """The command that rebuilds `builder`'s dataset from scratch."""
+    config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
+    data_dir = pathlib.Path(builder.data_dir).parents[2 if builder.builder_config else 1]
+    return (f"python -m ferjax.data.build --dataset {builder.name}{config} --data_dir "
+            f"{data_dir} --overwrite" + (" --manual_dir ..." if getattr(
+                builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) else ""))
+
+
 def read_field(builder, split: str, field: str) -> np.ndarray:
     """One feature (e.g. 'label', 'subject') of every record of a prepared split, in record
-    order, read without decoding images."""
+    order, read without decoding images. Every record is read, so a damaged record file
+    fails here, at the start of a run, with a CorruptDatasetError naming it."""
     source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    return np.asarray([source[i][field] for i in range(len(source))])
+    values = []
+    for i in range(len(source)):
+        try:
+            values.append(source[i][field])
+        except RuntimeError as e:  # array_record's error for a bad block or a short file
+            files = sorted(pathlib.Path(builder.data_dir).glob(f"*-{split}.array_record*"))
+            raise CorruptDatasetError(
+                f"{builder.name} split {split!r} is damaged at record {i} of {len(source)} "
+                f"({str(e).splitlines()[0]}); files: {', '.join(map(str, files))}. Rebuild "
+                f"it: {rebuild_command(builder)}") from None
+    return np.asarray(values)
 
 
 def label_counts(builder, split: str) -> np.ndarray:
@@ -135,10 +159,10 @@ def main(argv=None) -> int:
         builder = build(args.dataset, config=args.config, manual_dir=args.manual_dir,
                         data_dir=args.data_dir, on_bad_image=args.on_bad_image,
                         overwrite=args.overwrite)
+        print(summary(builder))  # reads every record back: a damaged file fails here
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(summary(builder))
     return 0
 
 
