@@ -118,8 +118,9 @@ def read_field(builder, split: str, field: str) -> np.ndarray:
             files = sorted(pathlib.Path(builder.data_dir).glob(f"*-{split}.array_record*"))
             raise CorruptDatasetError(
                 f"{builder.name} split {split!r} is damaged at record {i} of {len(source)} "
-                f"({str(e).splitlines()[0]}); files: {', '.join(map(str, files))}. Rebuild "
-                f"it: {rebuild_command(builder)}") from None
+                f"({str(e).splitlines()[0]}); files: "
+                f"{', '.join(map(str, files)) or f'none left in {builder.data_dir}'}. "
+                f"Rebuild it: {rebuild_command(builder)}") from None
     return np.asarray(values)
 
 
