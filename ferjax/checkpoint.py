@@ -66,6 +66,10 @@ class Checkpointer:
             kept = self.best.metrics(best_step) if hasattr(self.best, "metrics") else None
             if kept is not None and kept.get(self.best_metric, -1) >= value:
                 return False
+        if step in self.best.all_steps():
+            # A run resumed from an earlier checkpoint is redoing this evaluation, and this
+            # time it scored higher: the new model replaces the one of the abandoned stretch.
+            self.best.delete(step)
         self.best.save(step, args=self._save_args(model, optimizer),
                        metrics={self.best_metric: float(value)}, force=True)
         self.best.wait_until_finished()
@@ -100,6 +104,10 @@ class Checkpointer:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as e:
+            if _is_storage_error(e):
+                raise DamagedCheckpointError(
+                    f"checkpoint {manager.directory}/{step} cannot be read: its files are "
+                    f"damaged or missing ({str(e).splitlines()[0][:300]})") from e
             raise ValueError(
                 f"checkpoint {manager.directory}/{step} does not fit this model/optimizer "
                 f"(was it written with another model config?): {e}") from e
@@ -109,9 +117,56 @@ class Checkpointer:
             nnx.update(optimizer, restored["optimizer"])
         return step
 
+    def resume(self, model, optimizer, data_iterator) -> int | None:
+        """Restores the newest readable checkpoint of the latest set; returns its step, or
+        None when there is none. Newer checkpoints whose files are damaged or missing are
+        moved to <workdir>/set_aside/checkpoints/ with a warning, never deleted, so the run
+        goes on from the one before and can save those steps again. Several processes
+        cannot move folders safely, so there the damage is an error saying what to move."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                self.restore(model, optimizer, data_iterator, step=step)
+            except DamagedCheckpointError as e:
+                if jax.process_count() > 1 or i + 1 == len(steps):
+                    raise DamagedCheckpointError(
+                        f"{e}. Move {self.latest.directory}/{step} out of the way to resume "
+                        f"from the checkpoint before it"
+                        + ("" if i + 1 < len(steps) else " (there is none: the run would "
+                           "start over)")) from e
+                moved = self._set_aside(step)
+                log.warning("%s; moved it to %s and resuming from the checkpoint before it",
+                            e, moved)
+                continue
+            return step
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        source = os.path.join(str(self.latest.directory), str(step))
+        target = os.path.join(self.workdir, "set_aside", "checkpoints", str(step))
+        n = 1
+        while os.path.exists(target):
+            target = os.path.join(self.workdir, "set_aside", "checkpoints", f"{step}.{n}")
+            n += 1
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+        self.latest.reload()
+        return target
+
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's files cannot be read (damaged, truncated or deleted)."""
+
+
+def _is_storage_error(error: Exception) -> bool:
+    """Whether a restore failed reading files (TensorStore's NOT_FOUND / DATA_LOSS / read
+    errors), as opposed to a tree that does not fit the model."""
+    text = str(error)
+    return text.startswith(("NOT_FOUND", "DATA_LOSS")) or "Error reading" in text
 
 
 def _check_shapes(expected, restored, where: str) -> None:

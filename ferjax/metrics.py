@@ -160,13 +160,16 @@ class MetricWriter:
     Only the writing process (process 0) should create one.
     """
 
-    def __init__(self, workdir: str, enable_tensorboard: bool = True):
+    def __init__(self, workdir: str, enable_tensorboard: bool = True, purge_after: int = 0):
+        """`purge_after`: the step a resumed run restarts from; TensorBoard then hides the
+        points after it that the stopped run wrote (the resumed run writes them again)."""
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         self._tb = None
         if enable_tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=purge_after + 1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         clean = {k: float(v) for k, v in scalars.items()}

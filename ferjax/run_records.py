@@ -67,11 +67,34 @@ def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
 
 def load_eval_history(workdir: str) -> list[dict]:
     """The records of evals.jsonl, oldest first ([] before the first evaluation)."""
-    path = os.path.join(workdir, "evals.jsonl")
+    return _read_jsonl(os.path.join(workdir, "evals.jsonl"))
+
+
+def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def rewind(workdir: str, step: int) -> list[dict]:
+    """Drops the records after `step` from evals.jsonl and metrics.jsonl, for a run that
+    resumes (or restarts, `step` 0) there: a run stopped between an evaluation and its
+    next checkpoint left records the resumed run makes again. Returns the evaluation
+    history up to `step`."""
+    kept_history = []
+    for name in ("evals.jsonl", "metrics.jsonl"):
+        records = _read_jsonl(os.path.join(workdir, name))
+        kept = [r for r in records if r["step"] <= step]
+        if len(kept) < len(records):
+            log.warning("%s: dropped %d records after step %d, written after the checkpoint "
+                        "this run resumes from; they are made again", name,
+                        len(records) - len(kept), step)
+            _write_atomically(os.path.join(workdir, name),
+                              "".join(json.dumps(r) + "\n" for r in kept))
+        if name == "evals.jsonl":
+            kept_history = kept
+    return kept_history
 
 
 def append_evaluation(workdir: str, record: dict) -> None:

@@ -405,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter = iter(train_data.dataset)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
-        start_step = ckpt.restore(model, optimizer, train_iter) or 0
+        start_step = ckpt.resume(model, optimizer, train_iter) or 0
     except Exception:
         _close(ckpt, train_iter)
         raise
@@ -415,9 +415,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run_records.write_config(config, workdir)
         with open(os.path.join(workdir, "classes.json"), "w") as f:
             json.dump(list(train_split.class_names), f)
-    writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard) if is_writer \
+    history = run_records.rewind(workdir, start_step) if is_writer else [
+        r for r in run_records.load_eval_history(workdir) if r["step"] <= start_step]
+    writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard,
+                                      purge_after=start_step) if is_writer \
         else metrics_lib.NullWriter()
-    history = run_records.load_eval_history(workdir) if start_step else []
     patience = config.train.early_stop_patience
     early_stopped = run_records.early_stop_due(history, patience)
     if early_stopped:

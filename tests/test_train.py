@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -307,3 +308,53 @@ def test_early_stop_saves_reports_and_stays_stopped_on_rerun(data_dir, tmp_path,
     with caplog.at_level(logging.WARNING, logger="ferjax"):
         again = train.train_and_evaluate(config, str(tmp_path))
     assert again["step"] == 6 and "stopped early at step 6" in caplog.text
+
+
+def test_resume_skips_a_damaged_checkpoint_and_drops_records_it_redoes(data_dir, tmp_path,
+                                                                      caplog):
+    """A run killed after evaluating step 4 but before checkpointing it, and one whose step-4
+    checkpoint lost its files: both resume from step 2 without duplicate records; the
+    damaged checkpoint is moved to set_aside/, not deleted."""
+    import shutil
+    config = load_config("baseline,smoke", data_dir)
+    config.train.num_steps = 4
+    config.train.eval_every_steps = 2
+    killed, damaged = tmp_path / "killed", tmp_path / "damaged"
+    train.train_and_evaluate(config, str(killed))
+    shutil.copytree(killed, damaged)
+    shutil.rmtree(killed / "checkpoints" / "4")
+    for f in (damaged / "checkpoints" / "4" / "model").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.unlink()
+    config.train.num_steps = 6
+    for workdir in (killed, damaged):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ferjax"):
+            train.train_and_evaluate(config, str(workdir))
+        assert "resumed at step 2" in caplog.text
+        assert "evals.jsonl: dropped 1 records after step 2" in caplog.text
+        evals = [json.loads(line)["step"] for line in
+                 (workdir / "evals.jsonl").read_text().splitlines()]
+        assert evals == [2, 4, 6]
+        logged = [json.loads(line)["step"] for line in
+                  (workdir / "metrics.jsonl").read_text().splitlines()]
+        assert logged == [2, 2, 4, 4, 6, 6]  # train and eval scalars; none after 2 twice
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+    assert "checkpoints/4 cannot be read: its files are damaged or missing" in caplog.text
+    assert (damaged / "set_aside" / "checkpoints" / "4" / "model").is_dir()
+
+
+def test_a_redone_evaluation_that_scores_higher_replaces_the_best_checkpoint(tmp_path):
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    ckpt = Checkpointer(str(tmp_path))
+    try:
+        assert ckpt.save_if_best(4, model, optimizer, {"mean_class_accuracy": 0.5})
+        assert not ckpt.save_if_best(4, model, optimizer, {"mean_class_accuracy": 0.5})
+        model.bias[...] = jnp.ones(3)  # a resumed run reaches step 4 with another model
+        assert ckpt.save_if_best(4, model, optimizer, {"mean_class_accuracy": 0.6})
+        model.bias[...] = jnp.zeros(3)
+        assert ckpt.restore(model, which="best") == 4
+        np.testing.assert_array_equal(model.bias[...], np.ones(3))
+    finally:
+        ckpt.close()
