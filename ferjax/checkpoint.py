@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ferjax import files
+
 log = logging.getLogger("ferjax")
 
 MODEL_STATE = (nnx.Param, nnx.BatchStat)
@@ -32,14 +34,14 @@ class Checkpointer:
     """Latest-N and best-by-metric checkpoint managers under one workdir."""
 
     def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = "mean_class_accuracy"):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = files.absolute(workdir)
         options = dict(enable_async_checkpointing=False, cleanup_tmp_directories=True)
         self.latest = ocp.CheckpointManager(
-            os.path.join(self.workdir, "checkpoints"),
+            files.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
         self.best_metric = best_metric
         self.best = ocp.CheckpointManager(
-            os.path.join(self.workdir, "best"),
+            files.join(self.workdir, "best"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max",
                 keep_checkpoints_without_metrics=False, **options))
@@ -122,13 +124,15 @@ class Checkpointer:
         None when there is none. Newer checkpoints whose files are damaged or missing are
         moved to <workdir>/set_aside/checkpoints/ with a warning, never deleted, so the run
         goes on from the one before and can save those steps again. Several processes
-        cannot move folders safely, so there the damage is an error saying what to move."""
+        cannot move folders safely, nor can cloud storage, so there the damage is an error
+        saying what to move."""
         steps = sorted(self.latest.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             try:
                 self.restore(model, optimizer, data_iterator, step=step)
             except DamagedCheckpointError as e:
-                if jax.process_count() > 1 or i + 1 == len(steps):
+                if jax.process_count() > 1 or files.is_url(self.workdir) or \
+                        i + 1 == len(steps):
                     raise DamagedCheckpointError(
                         f"{e}. Move {self.latest.directory}/{step} out of the way to resume "
                         f"from the checkpoint before it"

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import ml_collections
 
-from ferjax import compilation_cache
+from ferjax import compilation_cache, files
 
 
 def cross_dataset_config(data_cfg, dataset: str, data_dir: str | None):
@@ -89,19 +88,17 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     table = metrics.per_class_table(summary, names)
     source = f"{dataset.replace(':', '_')}_" if dataset else ""
     tta = "_flip" if config.eval.flip_average else ""
-    out_dir = os.path.join(workdir, f"eval_{source}{split}_{which}{tta}")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "per_class.txt"), "w") as f:
-        f.write(table + "\n")
+    out_dir = files.join(workdir, f"eval_{source}{split}_{which}{tta}")
+    files.makedirs(out_dir)
+    files.write_text(files.join(out_dir, "per_class.txt"), table + "\n")
     result = {"checkpoint_step": step, "dataset": data_cfg.name, "split": split,
               "left_out_images": left_out, "flip_average": bool(config.eval.flip_average),
               **metrics.headline(summary),
               "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
               "per_class_f1": metrics.by_class(names, summary["per_class_f1"]),
               "confusion_matrix": cm.tolist(), "output_dir": out_dir}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    metrics.save_confusion_png(cm, names, os.path.join(out_dir, "confusion_matrix.png"),
+    files.write_text(files.join(out_dir, "summary.json"), json.dumps(result, indent=2))
+    metrics.save_confusion_png(cm, names, files.join(out_dir, "confusion_matrix.png"),
                                f"{data_cfg.name}/{split}, checkpoint {which} (step {step})")
     result["table"] = table
     return result

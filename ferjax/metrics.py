@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ferjax import files
 
 log = logging.getLogger("ferjax")
 
@@ -91,10 +93,10 @@ def per_class_table(summary: dict, class_names: Sequence[str]) -> str:
 
 def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str,
                        title: str = "") -> None:
-    """Writes `confusion_picture` as a PNG, replacing `path` in one step."""
-    tmp = path + ".tmp.png"
-    confusion_picture(cm, class_names, title).save(tmp)
-    os.replace(tmp, path)
+    """Writes `confusion_picture` as a PNG, replacing `path` in one step (local or gs://)."""
+    buffer = io.BytesIO()
+    confusion_picture(cm, class_names, title).save(buffer, format="PNG")
+    files.write_bytes(path, buffer.getvalue())
 
 
 def confusion_picture(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
@@ -163,18 +165,17 @@ class MetricWriter:
     def __init__(self, workdir: str, enable_tensorboard: bool = True, purge_after: int = 0):
         """`purge_after`: the step a resumed run restarts from; TensorBoard then hides the
         points after it that the stopped run wrote (the resumed run writes them again)."""
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        files.makedirs(workdir)
+        self._jsonl = files.LineLog(files.join(workdir, "metrics.jsonl"))
         self._tb = None
         if enable_tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+            self._tb = SummaryWriter(files.join(workdir, "tensorboard"),
                                      purge_step=purge_after + 1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         clean = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(json.dumps({"step": int(step), **clean}))
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, int(step))
@@ -189,7 +190,6 @@ class MetricWriter:
             self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
 
     def flush(self) -> None:
-        self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 

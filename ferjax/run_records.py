@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from ferjax import metrics as metrics_lib
+from ferjax import files, metrics as metrics_lib
 
 log = logging.getLogger("ferjax")
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """`text` to `path` through a temporary file, so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_config(config, workdir: str) -> None:
-    _write_atomically(os.path.join(workdir, "config.json"),
-                      config.to_json_best_effort(indent=2, sort_keys=True))
+def write_config(config, workdir: str, class_names) -> None:
+    """config.json (the resolved config) and classes.json (the class order)."""
+    files.write_text(files.join(workdir, "config.json"),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
+    files.write_text(files.join(workdir, "classes.json"), json.dumps(list(class_names)))
 
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -54,11 +47,10 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
 
 def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
     """Logs each field a resumed run's `config` changes against its config.json."""
-    saved_config = os.path.join(workdir, "config.json")
-    if not os.path.exists(saved_config):
+    saved_config = files.join(workdir, "config.json")
+    if not files.exists(saved_config):
         return
-    with open(saved_config) as f:
-        changes = config_changes(json.load(f), config)
+    changes = config_changes(json.loads(files.read_text(saved_config)), config)
     if changes:
         log.warning("resuming %s at step %d with a config that differs from the one it "
                     "was trained with so far:\n  %s", workdir, start_step,
@@ -67,14 +59,13 @@ def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
 
 def load_eval_history(workdir: str) -> list[dict]:
     """The records of evals.jsonl, oldest first ([] before the first evaluation)."""
-    return _read_jsonl(os.path.join(workdir, "evals.jsonl"))
+    return _read_jsonl(files.join(workdir, "evals.jsonl"))
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def rewind(workdir: str, step: int) -> list[dict]:
@@ -84,14 +75,14 @@ def rewind(workdir: str, step: int) -> list[dict]:
     history up to `step`."""
     kept_history = []
     for name in ("evals.jsonl", "metrics.jsonl"):
-        records = _read_jsonl(os.path.join(workdir, name))
+        records = _read_jsonl(files.join(workdir, name))
         kept = [r for r in records if r["step"] <= step]
         if len(kept) < len(records):
             log.warning("%s: dropped %d records after step %d, written after the checkpoint "
                         "this run resumes from; they are made again", name,
                         len(records) - len(kept), step)
-            _write_atomically(os.path.join(workdir, name),
-                              "".join(json.dumps(r) + "\n" for r in kept))
+            files.write_text(files.join(workdir, name),
+                             "".join(json.dumps(r) + "\n" for r in kept))
         if name == "evals.jsonl":
             kept_history = kept
     return kept_history
@@ -99,8 +90,9 @@ def rewind(workdir: str, step: int) -> list[dict]:
 
 def append_evaluation(workdir: str, record: dict) -> None:
     """One evaluation record to evals.jsonl."""
-    with open(os.path.join(workdir, "evals.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    log_file = files.LineLog(files.join(workdir, "evals.jsonl"))
+    log_file.append(json.dumps(record))
+    log_file.close()
 
 
 def write_evaluation(writer, step: int, summary: dict, cm: np.ndarray, class_names,
@@ -171,10 +163,9 @@ def final_summary(config, workdir, history, cm, class_names, step, total_steps, 
             result["tracked_splits"] = tracked
         if jax.process_index() == 0:
             metrics_lib.save_confusion_png(cm, class_names,
-                                           os.path.join(workdir, "confusion_matrix.png"),
+                                           files.join(workdir, "confusion_matrix.png"),
                                            f"{config.data.name} step {step}")
-            _write_atomically(os.path.join(workdir, "summary.json"),
-                              json.dumps(result, indent=2))
+            files.write_text(files.join(workdir, "summary.json"), json.dumps(result, indent=2))
         log.info("final evaluation at step %d:\n%s", step, table)
         for split, by_which in (tracked or {}).items():
             log.info("tracked %s: %s", split, "; ".join(

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
 
-from ferjax import metrics
+from ferjax import files, metrics
 
 METRICS = metrics.HEADLINE
 KINDS = ("last", "best", "mean_last")   # 'mean_last': of the last k evaluations
@@ -49,14 +48,13 @@ def load_run(workdir: str, split: str | None = None, pool: str = "last") -> dict
     final_splits[split] and the confusion matrix that of the `pool` ('last' or 'best')
     model; without, the evaluation split's, and `pool` must be 'last' (summary.json keeps
     only the last evaluation's matrix). Raises RunError naming the file otherwise."""
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.isfile(path):
-        why = "not a folder" if not os.path.isdir(workdir) else \
+    path = files.join(workdir, "summary.json")
+    if not files.exists(path):
+        why = "not a folder" if not files.is_dir(workdir) else \
             "no summary.json: the run has not finished (it is written after the last step)"
         raise RunError(f"{workdir}: {why}")
     try:
-        with open(path) as f:
-            run = json.load(f)
+        run = json.loads(files.read_text(path))
         names = list(run["per_class_accuracy"])
         if split is None:
             cm = np.asarray(run["confusion_matrix"], np.int64)

@@ -10,10 +10,8 @@ registered parts (`ferjax.methods`), `config.augment.ops` the on-device augmenta
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -26,7 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import methods, metrics as metrics_lib, run_records
+from ferjax import files, methods, metrics as metrics_lib, run_records
 from ferjax.checkpoint import Checkpointer
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
@@ -368,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns a summary: final and best metrics, per-class accuracy, where files went.
     """
     check_fields(config)
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     recipe = make_recipe(config)
     warn_if_flip_consistency_unattainable(config)
     is_writer = jax.process_index() == 0
@@ -412,9 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start_step:
         run_records.warn_about_config_changes(config, workdir, start_step)
     if is_writer:
-        run_records.write_config(config, workdir)
-        with open(os.path.join(workdir, "classes.json"), "w") as f:
-            json.dump(list(train_split.class_names), f)
+        run_records.write_config(config, workdir, train_split.class_names)
     history = run_records.rewind(workdir, start_step) if is_writer else [
         r for r in run_records.load_eval_history(workdir) if r["step"] <= start_step]
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard,

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 from flax import nnx
 
+from ferjax import files
 from ferjax.checkpoint import Checkpointer
 from ferjax.models import build_model
 from ferjax.presets import base_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = files.join(workdir, "config.json")
+    if not files.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a ferjax training workdir?")
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(files.read_text(path))
     # A workdir written before a config field existed gets that field's default.
     return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
 
@@ -36,12 +35,11 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
 
 
 def class_names(workdir: str) -> list[str]:
-    path = os.path.join(workdir, "classes.json")
-    if not os.path.exists(path):
+    path = files.join(workdir, "classes.json")
+    if not files.exists(path):
         raise FileNotFoundError(f"{path} not found: the workdir has no record of its classes "
                                 "(written when training starts)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(files.read_text(path))
 
 
 def restore_model(workdir: str, which: str = "best"):

@@ -8,7 +8,8 @@
 # DATA holds the TFDS folders written by `python -m ferjax.data.build` (build once on any
 # machine, then `gcloud storage cp -r ~/ferjax_datasets/rafdb $DATA/`). Every TPU host
 # copies them to local disk (FER sets are a few GB) and reads ArrayRecord from there.
-# WORKDIR may be a gs:// path: orbax and tensorboardX write to GCS directly.
+# WORKDIR may be a gs:// path: orbax, tensorboardX (google-cloud-storage) and ferjax's own
+# files (etils.epath over gcsfs, both in the [tpu] extra) write to GCS directly.
 set -euo pipefail
 CONFIG=${1:?usage: launch/tpu_vm.sh CONFIG [extra flags]}
 shift

@@ -39,7 +39,14 @@ def make_builder(dataset: str, config: str | None = None, data_dir: str | None =
         config = names[0]
     if names and config not in names:
         raise ValueError(f"dataset {dataset!r} has configs {names}, not {config!r}")
-    return cls(data_dir=data_dir or default_data_dir(), config=config, on_bad_image=on_bad_image)
+    data_dir = data_dir or default_data_dir()
+    if "://" in str(data_dir):
+        raise ValueError(
+            f"data_dir {data_dir} is in cloud storage, where ArrayRecord files cannot be read "
+            "(google/array_record#120): copy the dataset to local disk first, e.g. "
+            f"`gcloud storage rsync -r {data_dir} ~/ferjax_datasets`, as launch/tpu_vm.sh "
+            "does on every TPU host")
+    return cls(data_dir=data_dir, config=config, on_bad_image=on_bad_image)
 
 
 def check_manual_dir(dataset: str, manual_dir: str | None) -> pathlib.Path | None:
