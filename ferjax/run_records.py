@@ -3,7 +3,9 @@
 `config.json` (the resolved config), `evals.jsonl` (one record per evaluation: step,
 headline metrics, and under 'tracked' those of config.eval.track_splits), TensorBoard
 evaluation scalars and pictures, and `summary.json` at the end. On resume the history is
-read back for early stopping and the last / best / mean-of-last-k summary.
+read back for early stopping and the last / best / mean-of-last-k summary, without the
+records written after the checkpoint the run resumes from (`rewind`). Paths may be local
+or gs:// (`ferjax.files`).
 """
 
 from __future__ import annotations
