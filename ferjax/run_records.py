@@ -161,12 +161,20 @@ def final_summary(config, workdir, history, cm, class_names, step, total_steps, 
         result["per_class_table"] = table
         if final_splits:
             result["final_splits"] = final_splits
+            if jax.process_index() == 0:
+                for split, by_model in final_splits.items():
+                    for which, r in by_model.items():
+                        metrics_lib.save_confusion_png(
+                            np.asarray(r["confusion_matrix"]), class_names,
+                            files.join(workdir, f"confusion_matrix_{split}_{which}.png"),
+                            f"{config.data.name}/{split}, {which} model (step {r['step']})")
         if tracked:
             result["tracked_splits"] = tracked
         if jax.process_index() == 0:
             metrics_lib.save_confusion_png(cm, class_names,
                                            files.join(workdir, "confusion_matrix.png"),
-                                           f"{config.data.name} step {step}")
+                                           f"{config.data.name}/{config.data.eval_split}, "
+                                           f"step {step}")
             files.write_text(files.join(workdir, "summary.json"), json.dumps(result, indent=2))
         log.info("final evaluation at step %d:\n%s", step, table)
         for split, by_which in (tracked or {}).items():

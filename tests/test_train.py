@@ -258,6 +258,8 @@ def test_final_splits_report_last_and_best_after_selecting_on_holdout(data_dir, 
     assert {"final/test/best/mean_class_accuracy", "eval_test/mean_class_accuracy",
             "eval/mean_class_accuracy"} <= scalars
     assert {"eval/confusion_matrix", "eval_test/confusion_matrix"} <= images
+    assert all((tmp_path / f"confusion_matrix_{split}_{which}.png").read_bytes()[:4] ==
+               b"\x89PNG" for split in ("test", "holdout") for which in ("last", "best"))
     # A split the dataset lacks, or tracking the selection split, fails before training.
     for field, value, error in (("final_splits", "tset", "config.eval.final_splits has 'tset'"),
                                 ("track_splits", "holdout", "config.eval.track_splits has "
