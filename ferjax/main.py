@@ -26,6 +26,8 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with 
                   "auto-detection (Cloud TPU pods, SLURM, ...)")
 flags.DEFINE_string("compilation_cache", compilation_cache.default_folder(),
                     compilation_cache.HELP)
+flags.DEFINE_bool("dry_run", False, "check the config and the data, print what the run "
+                  "would do (class counts, model size, loss, length) and exit without training")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What `malloc_tuning.relaunch_under_tcmalloc` found, logged with the devices.
@@ -104,6 +106,12 @@ def main(argv) -> int:
                                      jax.process_index(), jax.process_count(), jax.devices(),
                                      MALLOC_NOTE, cache_note)
     try:
+        if FLAGS.dry_run:
+            from ferjax import plan
+            if jax.process_index() == 0:
+                print(plan.describe_plan(FLAGS.config, plan.make_plan(FLAGS.config),
+                                         FLAGS.workdir))
+            return 0
         result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (train.NonFiniteLossError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

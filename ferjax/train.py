@@ -9,12 +9,9 @@ registered parts (`ferjax.methods`), `config.augment.ops` the on-device augmenta
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +25,18 @@ from ferjax import files, methods, metrics as metrics_lib, run_records
 from ferjax.checkpoint import Checkpointer
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
-from ferjax.losses import class_weights as class_weights_fn
-from ferjax.losses import cumulative_alpha, rebalancing_weights
-from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
+from ferjax.losses import cumulative_alpha
 from ferjax.models import apply_pretrained, build_model, count_params
 from ferjax.optim import current_lr, make_optimizer
-from ferjax.presets import check_fields
+from ferjax.plan import (Plan, Recipe, host_image_size, loss_weight_vectors, make_plan,
+                         make_recipe, warn_if_flip_consistency_unattainable)
+
+# The setup moved to ferjax.plan; these names stay importable from here.
+__all__ = ["NonFiniteLossError", "Plan", "Recipe", "class_probabilities", "evaluate",
+           "host_image_size", "loss_weight_vectors", "make_eval_step", "make_mesh",
+           "make_model_and_optimizer", "make_plan", "make_recipe",
+           "make_train_step", "replicate", "replicated_model_and_optimizer", "to_global",
+           "train_and_evaluate", "warn_if_flip_consistency_unattainable"]
 
 log = logging.getLogger("ferjax")
 
@@ -59,76 +62,6 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
 
 
 # ----------------------------------------------------------------------------- setup
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """The static description of a training step, read from the config once."""
-    forward: str
-    terms: tuple            # ((term name, weight), ...)
-    train_ops: tuple        # augmentation ops (name, params)
-    eval_ops: tuple
-    eval_flip_average: bool  # average each eval image's class probabilities with its mirror's
-    loss_static: dict       # scalars the terms read (class_weight, epsilons, ...)
-    needs_second_stream: bool
-    image_size: int         # the model's input side; batches from the host are resized to it
-
-
-def make_recipe(config) -> Recipe:
-    loss = config.loss
-    methods.check_recipe(loss)
-    if loss.class_weight not in CLASS_WEIGHT_SCHEMES:
-        raise ValueError(f"config.loss.class_weight={loss.class_weight!r}; expected one of "
-                         f"{CLASS_WEIGHT_SCHEMES}")
-    eval_ops = augment_lib.parse_ops(ml_collections.ConfigDict(
-        {"ops": ("normalize",), "normalize": config.augment.normalize}))
-    static = {"class_weight": loss.class_weight,
-              "class_weight_reduction": loss.class_weight_reduction,
-              "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
-              "flip_bn": loss.flip_bn, "mix_group_size": int(loss.mix_group_size)}
-    if loss.forward == "uncertainty_mix" and loss.mix_group_size > 0 and (
-            config.train.batch_size % loss.mix_group_size):
-        raise ValueError(f"config.loss.mix_group_size={loss.mix_group_size} does not divide "
-                         f"config.train.batch_size={config.train.batch_size}")
-    host_image_size(config.data)  # fail early on a bad value
-    samplers = ("sampler", "second_sampler") if loss.forward == "dual_branch" else ("sampler",)
-    for key in samplers:
-        if config.data[key] not in pipeline.SAMPLERS:
-            raise KeyError(f"config.data.{key}={config.data[key]!r}; registered samplers: "
-                           f"{pipeline.SAMPLERS.names()}")
-    return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
-                  augment_lib.parse_ops(config.augment), eval_ops,
-                  bool(config.eval.flip_average), static,
-                  loss.forward == "dual_branch", int(config.data.image_size))
-
-
-def host_image_size(data_cfg) -> int:
-    """The side of the batches the host pipeline delivers: config.data.host_image_size, or
-    config.data.image_size when that is 0. The step resizes them to image_size on device."""
-    def pixels(value, least: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-    image, host = data_cfg.image_size, data_cfg.host_image_size
-    if not pixels(image, 1):
-        raise ValueError(f"config.data.image_size={image!r}; expected a positive number of "
-                         "pixels")
-    if not pixels(host, 0):
-        raise ValueError(f"config.data.host_image_size={host!r}; expected a positive number "
-                         "of pixels (or 0: image_size)")
-    return host or image
-
-
-def warn_if_flip_consistency_unattainable(config) -> None:
-    """Logs a warning when 'flip_pair' runs at an input side where the CAMs of an image and
-    its mirror cannot agree: both trunks downsample by 2 five times, and only at sides
-    32m + 1 does every stride-2 layer see an odd map, so that a mirrored image lands on the
-    mirrored grid (tests/test_models.py)."""
-    side = config.data.image_size
-    if config.loss.forward == "flip_pair" and (side - 1) % 32:
-        log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
-                    "of an image and its mirror sit on offset grids and cannot agree exactly; "
-                    "sides 32m + 1 (e.g. %d) make attention consistency attainable",
-                    side, 32 * max(1, round((side - 1) / 32)) + 1)
-
 
 def make_model_and_optimizer(config, num_classes: int, steps_per_epoch: int,
                              total_steps: int):
@@ -318,40 +251,6 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def loss_weight_vectors(class_counts, num_classes: int, scheme: str
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(K,) class weights of `scheme` (config.loss.class_weight) and (K,) MEK re-balancing
-    weights from the training class counts; classes absent from training (neutral in
-    CK+'s 7-class set) get weight 0 in both."""
-    counts = np.zeros(num_classes, np.int64)
-    counts[:len(class_counts)] = class_counts
-    present = counts > 0
-    weights = np.zeros(num_classes, np.float32)
-    weights[present] = class_weights_fn(counts[present], scheme)
-    rebalance = np.zeros(num_classes, np.float32)
-    rebalance[present] = rebalancing_weights(counts[present])
-    return weights, rebalance
-
-
-def _named_eval_splits(config) -> tuple[Any, tuple[str, ...], dict]:
-    """(builder or None, the names of config.eval.final_splits, {name: opened split} of
-    config.eval.track_splits). A wrong name fails here, before any training."""
-    names = {field: tuple(s.strip() for s in config.eval[field].split(",") if s.strip())
-             for field in ("final_splits", "track_splits")}
-    if not any(names.values()):
-        return None, (), {}
-    builder = sources.prepared_builder(config.data)
-    for field, splits in names.items():
-        for split in splits:
-            sources.check_eval_split(builder, config.data, split, f"config.eval.{field}")
-    if config.data.eval_split in names["track_splits"]:
-        raise ValueError(f"config.eval.track_splits has {config.data.eval_split!r}, which is "
-                         f"config.data.eval_split and so evaluated every time already")
-    tracked = {split: sources.open_eval_split(builder, config.data, split)
-               for split in names["track_splits"]}
-    return builder, names["final_splits"], tracked
-
-
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
@@ -365,38 +264,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Returns a summary: final and best metrics, per-class accuracy, where files went.
     """
-    check_fields(config)
+    plan = make_plan(config)
     files.makedirs(workdir)
-    recipe = make_recipe(config)
-    warn_if_flip_consistency_unattainable(config)
+    recipe, train_split, eval_split = plan.recipe, plan.train_split, plan.eval_split
+    builder, final_splits, tracked = plan.builder, plan.final_splits, plan.tracked
+    train_data, total_steps, total_epochs = plan.train_data, plan.total_steps, plan.total_epochs
+    steps_per_epoch, eval_every, ckpt_every = plan.steps_per_epoch, plan.eval_every, \
+        plan.ckpt_every
+    weights, rebalance = plan.class_weights, plan.rebalance_weights
+    num_classes = train_split.num_classes
     is_writer = jax.process_index() == 0
     mesh = make_mesh()
     data_sharding = NamedSharding(mesh, P("data"))
-    for group in ("train", "eval"):
-        if config[group].batch_size % jax.device_count():
-            raise ValueError(f"config.{group}.batch_size={config[group].batch_size} does not "
-                             f"divide over {jax.device_count()} devices")
-
-    train_split, eval_split = sources.open_train_and_eval(config.data)
-    builder, final_splits, tracked = _named_eval_splits(config)
-    num_classes = train_split.num_classes
-    train_data = pipeline.train_dataset(
-        train_split.source, train_split.labels, global_batch_size=config.train.batch_size,
-        image_size=host_image_size(config.data), sampler=config.data.sampler,
-        second_sampler=config.data.second_sampler if recipe.needs_second_stream else None,
-        seed=config.seed, num_workers=config.data.num_workers,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    steps_per_epoch = train_data.steps_per_epoch
-    total_steps = (config.train.num_steps if config.train.num_steps > 0
-                   else config.train.epochs * steps_per_epoch)
-    total_epochs = math.ceil(total_steps / steps_per_epoch)
-    eval_every = config.train.eval_every_steps if config.train.eval_every_steps > 0 \
-        else steps_per_epoch
-    ckpt_every = config.train.checkpoint_every_steps if config.train.checkpoint_every_steps > 0 \
-        else eval_every
-
-    weights, rebalance = loss_weight_vectors(train_data.class_counts, num_classes,
-                                             config.loss.class_weight)
 
     model, optimizer = replicated_model_and_optimizer(config, mesh, num_classes,
                                                       steps_per_epoch, total_steps)

@@ -362,3 +362,34 @@ def test_summarize_a_final_split_over_runs_with_the_best_or_last_matrices(traine
     assert "no final_splits['test']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         summarize.main(seeds + ["--pool", "best"])
+
+
+def test_dry_run_prints_the_plan_without_training(tmp_path):
+    """--dry_run checks the config against the data and prints what the run would do; it
+    neither trains nor creates the workdir."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:mek,smoke",
+         "--workdir", str(workdir), "--dry_run", f"--config.data.data_dir={tmp_path / 'data'}",
+         "--config.data.imbalance_factor=10", "--config.eval.track_splits=test"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert not workdir.exists()
+    train_line = next(line for line in out.splitlines() if line.startswith("train: "))
+    counts = out.splitlines()[out.splitlines().index(train_line) + 1]
+    total = sum(int(c.split("=")[1]) for c in counts.split())
+    assert f"{total} images after imbalance_factor=10" in train_line  # counts add up
+    # tiny's train: happiness 49, neutral 36, ..., anger 6 ranked last: ⌊49 · 10^(−r/6)⌋
+    assert "happiness=49" in counts and "neutral=33" in counts and "anger=4" in counts
+    assert "loss: forward flip_pair; 0.01·rac + 1·rsl; MEK weights" in out
+    assert "tracked at every evaluation: test (70 images)" in out
+    assert f"workdir {workdir}: new run" in out and "parameters" in out
+    # A bad config fails the dry run the way it would fail the run.
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:smoke",
+         "--workdir", str(workdir), "--dry_run", f"--config.data.data_dir={tmp_path / 'data'}",
+         "--config.eval.track_splits=tset"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "config.eval.track_splits has 'tset'" in proc.stderr
