@@ -117,7 +117,8 @@ def main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:
-        brief = {k: result[k] for k in ("step", "accuracy", "mean_class_accuracy") if k in result}
+        brief = {k: result[k] for k in ("step", "accuracy", "mean_class_accuracy", "workdir")
+                 if k in result}
         print(json.dumps(brief, indent=2))
     return 0
 

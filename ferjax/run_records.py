@@ -176,7 +176,7 @@ def final_summary(config, workdir, history, cm, class_names, step, total_steps, 
                                            f"{config.data.name}/{config.data.eval_split}, "
                                            f"step {step}")
             files.write_text(files.join(workdir, "summary.json"), json.dumps(result, indent=2))
-        log.info("final evaluation at step %d:\n%s", step, table)
+        log.info("final evaluation of %s at step %d:\n%s", config.data.eval_split, step, table)
         for split, by_which in (tracked or {}).items():
             log.info("tracked %s: %s", split, "; ".join(
                 f"{which} (step {r['step']}) accuracy {100 * r['accuracy']:.2f} mean class "
