@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import jax
@@ -182,3 +183,49 @@ def final_summary(config, workdir, history, cm, class_names, step, total_steps, 
                 f"{which} (step {r['step']}) accuracy {100 * r['accuracy']:.2f} mean class "
                 f"accuracy {100 * r['mean_class_accuracy']:.2f}" for which, r in by_which.items()))
     return result
+
+
+def environment() -> dict:
+    """What produced a run: package versions, devices, ferjax's git commit (with '+dirty'
+    when the tree had uncommitted changes; None outside a git checkout) and the command."""
+    import importlib.metadata
+    import platform
+    import subprocess
+    import sys
+    import time
+
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+                    "tensorflow-datasets", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = None
+    try:
+        git = ["git", "-C", source]
+        top, commit = subprocess.run(git + ["rev-parse", "--show-toplevel", "HEAD"],
+                                     capture_output=True, text=True, timeout=10,
+                                     check=True).stdout.split()
+        if os.path.realpath(top) != os.path.realpath(source):
+            commit = None  # an installed copy that happens to sit inside another checkout
+        elif subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10).stdout.strip():
+            commit += "+dirty"
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    devices = jax.devices()
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": sys.argv, "ferjax_commit": commit, "python": platform.python_version(),
+            "packages": versions, "host": platform.node(),
+            "devices": f"{len(devices)} x {devices[0].device_kind}",
+            "processes": jax.process_count()}
+
+
+def log_start(workdir: str, start_step: int) -> None:
+    """One line per start of a run in starts.jsonl: the step it (re)started from and its
+    `environment()`, so every result can be traced to the code and versions behind it."""
+    starts = files.LineLog(files.join(workdir, "starts.jsonl"))
+    starts.append(json.dumps({"start_step": start_step, **environment()}))
+    starts.close()

@@ -290,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run_records.warn_about_config_changes(config, workdir, start_step)
     if is_writer:
         run_records.write_config(config, workdir, train_split.class_names)
+        run_records.log_start(workdir, start_step)
     history = run_records.rewind(workdir, start_step) if is_writer else [
         r for r in run_records.load_eval_history(workdir) if r["step"] <= start_step]
     writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard,

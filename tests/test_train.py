@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import struct
 import time
 
@@ -342,6 +343,13 @@ def test_resume_skips_a_damaged_checkpoint_and_drops_records_it_redoes(data_dir,
                   (workdir / "metrics.jsonl").read_text().splitlines()]
         assert logged == [2, 2, 4, 4, 6, 6]  # train and eval scalars; none after 2 twice
         assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+        starts = [json.loads(line) for line in
+                  (workdir / "starts.jsonl").read_text().splitlines()]
+        assert [s["start_step"] for s in starts] == [0, 2]  # one line per (re)start
+        assert starts[-1]["packages"]["jax"] == jax.__version__
+        assert starts[-1]["devices"] == f"{jax.device_count()} x cpu"
+        commit = starts[-1]["ferjax_commit"]  # None when the source is not a git checkout
+        assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit)
     assert "checkpoints/4 cannot be read: its files are damaged or missing" in caplog.text
     assert (damaged / "set_aside" / "checkpoints" / "4" / "model").is_dir()
 
