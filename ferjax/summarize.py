@@ -14,6 +14,9 @@ instead: that split scored with the last model and with the best checkpoint (kin
 and 'best'), e.g. seeds that each selected `best/` on a held-out part and reported test;
 `--pool best` then pools the best checkpoints' matrices instead of the last models'.
 
+Runs whose last start (starts.jsonl) used another ferjax commit or jax version are
+named in a note, since their differences may then come from the code.
+
 A run that stopped before its last step (preempted, or still going; early stopping by
 train.early_stop_patience counts as finished) is listed but left out of the mean unless
 --include_unfinished; a workdir without summary.json is reported and skipped. The
@@ -79,10 +82,24 @@ def load_run(workdir: str, split: str | None = None, pool: str = "last") -> dict
     finished = (run.get("step") == run.get("total_steps") or run.get("early_stopped", False)) \
         and not run.get("preempted", False)
     return {"workdir": workdir, "class_names": names, "confusion_matrix": cm,
+            "code": _code_of(workdir),
             "values": values, "finished": finished, "mean_of_last_k": next(
                 (k[len("mean_last_"):] for k in run.get("accuracy", {})
                  if k.startswith("mean_last_")), "k"),
             "step": run.get("step"), "total_steps": run.get("total_steps")}
+
+
+def _code_of(workdir: str) -> str | None:
+    """'<ferjax commit>, jax <version>' of the last start in starts.jsonl (None for runs
+    from before it was written)."""
+    path = files.join(workdir, "starts.jsonl")
+    if not files.exists(path):
+        return None
+    try:
+        last = json.loads(files.read_text(path).strip().splitlines()[-1])
+        return f"{last.get('ferjax_commit')}, jax {last.get('packages', {}).get('jax')}"
+    except (ValueError, IndexError, AttributeError):
+        return None
 
 
 def _kinds(history: dict) -> dict:
@@ -191,6 +208,10 @@ def main(argv=None) -> int:
         problems.append(str(e))
     if runs:
         print(format_table(runs, result))
+    codes = {r["code"] for r in counted if r["code"]}
+    if len(codes) > 1:  # worth knowing before comparing, not an error
+        print("note: the runs come from different code: " + "; ".join(
+            f"{r['workdir']}: {r['code']}" for r in counted if r["code"]), file=sys.stderr)
     if result is not None:
         pooled = result["pooled"]
         what = (f"{args.split} with the {args.pool} models" if args.split

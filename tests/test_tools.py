@@ -347,15 +347,21 @@ def test_summarize_a_final_split_over_runs_with_the_best_or_last_matrices(traine
         (tmp_path / name / "summary.json").write_text(json.dumps(dict(real,
                                                                       final_splits=finals)))
     seeds = [str(tmp_path / "seed0"), str(tmp_path / "seed1")]
+    for seed, commit in zip(seeds, ("a" * 40, "b" * 40)):
+        pathlib.Path(seed, "starts.jsonl").write_text(json.dumps(
+            {"start_step": 0, "ferjax_commit": commit, "packages": {"jax": "0.10.2"}}) + "\n")
     out_json = tmp_path / "s.json"
     assert summarize.main(seeds + ["--split", "test", "--pool", "best", "--json",
                                    str(out_json)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: the runs come from different code: {seeds[0]}: {'a' * 40}, jax 0.10.2" \
+        in captured.err
     result = json.loads(out_json.read_text())
     assert result["stats"]["accuracy/best"]["mean"] == pytest.approx(0.75)
     assert result["stats"]["accuracy/last"]["std"] == pytest.approx(0.2 / 2 ** 0.5)
     assert "accuracy/mean_last" not in result["stats"]
     assert result["pooled"]["confusion_matrix"] == (ones + eye).tolist()  # seed0 best + seed1 best
-    out = capsys.readouterr().out
+    out = captured.out
     assert "meanK" not in out and "mean5" not in out and "test with the best models" in out
     # A run lacking the split is named; --pool best needs --split.
     assert summarize.main(seeds + [str(trained), "--split", "test"]) == 1
