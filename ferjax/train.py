@@ -211,7 +211,9 @@ def evaluate(model, eval_step, eval_split: sources.Split, config, data_sharding,
 # ----------------------------------------------------------------------------- loop
 
 class _Preemption:
-    """Turns SIGTERM (Cloud TPU preemption, `kill`) into a flag the loop checks.
+    """Turns SIGTERM (Cloud TPU preemption, `kill`) and a first Ctrl-C (SIGINT) into a flag
+    the loop checks, so the run saves a checkpoint after the current step and stops; a
+    second Ctrl-C stops at once without saving.
 
     With several processes the signal reaches them at different steps, and a process that
     stopped alone would leave the others waiting in the next collective. So processes
@@ -223,7 +225,8 @@ class _Preemption:
         self.requested = False   # this process got SIGTERM
         self.stop = False        # every process agreed to stop at this step
         self.sync_every = max(1, sync_every)
-        self._previous = None
+        self.signal_name = ""
+        self._previous = {}
 
     def check(self, step: int) -> bool:
         """Whether to save and stop after `step` (the same answer in every process)."""
@@ -236,19 +239,25 @@ class _Preemption:
         return self.stop
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint and stopping")
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint after this step and stopping%s",
+                    self.signal_name, " (Ctrl-C again stops at once, without saving)"
+                    if signum == signal.SIGINT else "")
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -425,8 +434,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if boundary:  # the next window's rate leaves out evaluation and saving
                     t_log = time.time()
                 if stop:
-                    log.warning("stopped at step %d after SIGTERM; rerun the same command to "
-                                "resume", step)
+                    log.warning("stopped at step %d after %s; rerun the same command to "
+                                "resume", step, preemption.signal_name)
                     break
                 if early_stopped:
                     log.info("early stop at step %d: no new best mean class accuracy in %d "

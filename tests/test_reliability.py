@@ -81,15 +81,17 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tmp_path,
+                                                                    signum):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(workdir / "checkpoints" / "10", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out[-3000:]
-    assert "stopped at step" in out
+    assert "stopped at step" in out and f"after {signal.Signals(signum).name}" in out
     saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert saved and saved[-1] < 60
     rerun = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
