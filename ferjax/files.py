@@ -42,6 +42,14 @@ def is_dir(path: str) -> bool:
     return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
 
 
+def listdir(path: str) -> list[str]:
+    """Names in the folder `path` ([] when it does not exist)."""
+    if is_url(path):
+        folder = _epath(path)
+        return [p.name for p in folder.iterdir()] if folder.exists() else []
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
 def makedirs(path: str) -> None:
     if is_url(path):
         _epath(path).mkdir(parents=True, exist_ok=True)

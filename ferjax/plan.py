@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import jax
@@ -200,10 +199,7 @@ def _counts(names, labels: np.ndarray) -> str:
 
 def latest_checkpoint_step(workdir: str) -> int | None:
     """The newest step under workdir/checkpoints, read from the folder names only."""
-    folder = files.join(workdir, "checkpoints")
-    if files.is_url(workdir) or not os.path.isdir(folder):
-        return None
-    steps = [int(n) for n in os.listdir(folder) if n.isdigit()]
+    steps = [int(n) for n in files.listdir(files.join(workdir, "checkpoints")) if n.isdigit()]
     return max(steps, default=None)
 
 

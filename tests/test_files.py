@@ -74,6 +74,14 @@ def test_a_run_s_records_go_to_the_bucket_and_read_back(bucket):
         "metrics.jsonl", "summary.json"]
 
 
+def test_the_dry_run_finds_a_bucket_workdir_s_latest_checkpoint(bucket):
+    from ferjax.plan import latest_checkpoint_step
+    assert latest_checkpoint_step(bucket) is None
+    for step in ("120", "60", "180.orbax-checkpoint-tmp-1"):
+        files.write_text(f"{bucket}/checkpoints/{step}/_CHECKPOINT_METADATA", "{}")
+    assert latest_checkpoint_step(bucket) == 120
+
+
 def test_an_append_to_a_bucket_object_keeps_what_was_there(bucket):
     path = f"{bucket}/metrics.jsonl"
     first = files.LineLog(path)
