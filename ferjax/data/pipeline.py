@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from typing import Any, Callable, Sequence
 
 import grain
@@ -184,9 +185,16 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
                                                prefetch_buffer_size=local_batch * prefetch))
     if num_workers > 0:
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                           per_worker_buffer_size=prefetch))
+                                                           per_worker_buffer_size=prefetch),
+                              worker_init_fn=ignore_ctrl_c)
     counts = np.bincount(labels, minlength=int(labels.max()) + 1)
     return TrainData(ids, len(labels), steps_per_epoch, counts)
+
+
+def ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+    """Grain workers leave Ctrl-C to the training process, which saves a checkpoint and
+    then closes them (a terminal sends SIGINT to every process of the group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclasses.dataclass(frozen=True)
