@@ -111,8 +111,10 @@ class Checkpointer:
                     f"checkpoint {manager.directory}/{step} cannot be read: its files are "
                     f"damaged or missing ({str(e).splitlines()[0][:300]})") from e
             raise ValueError(
-                f"checkpoint {manager.directory}/{step} does not fit this model/optimizer "
-                f"(was it written with another model config?): {e}") from e
+                f"checkpoint {manager.directory}/{step} does not fit this model, optimizer "
+                f"or data pipeline (was it written with another model config, or another "
+                f"config.data.num_workers: the data position is saved per grain worker?): "
+                f"{type(e).__name__}: {e}") from e
         _check_shapes(model_state(model), restored["model"], f"{manager.directory}/{step}")
         nnx.update(model, restored["model"])
         if optimizer is not None:

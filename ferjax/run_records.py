@@ -48,12 +48,17 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
             if old[k] != now[k]]
 
 
-def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
-    """Logs each field a resumed run's `config` changes against its config.json."""
+def changes_since_saved(config, workdir: str) -> list[str]:
+    """config_changes of `config` against the workdir's config.json ([] without one)."""
     saved_config = files.join(workdir, "config.json")
     if not files.exists(saved_config):
-        return
-    changes = config_changes(json.loads(files.read_text(saved_config)), config)
+        return []
+    return config_changes(json.loads(files.read_text(saved_config)), config)
+
+
+def warn_about_config_changes(config, workdir: str, start_step: int) -> None:
+    """Logs each field a resumed run's `config` changes against its config.json."""
+    changes = changes_since_saved(config, workdir)
     if changes:
         log.warning("resuming %s at step %d with a config that differs from the one it "
                     "was trained with so far:\n  %s", workdir, start_step,

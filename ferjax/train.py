@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ferjax import files, methods, metrics as metrics_lib, run_records
-from ferjax.checkpoint import Checkpointer
+from ferjax.checkpoint import Checkpointer, DamagedCheckpointError
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
 from ferjax.losses import cumulative_alpha
@@ -292,7 +292,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         start_step = ckpt.resume(model, optimizer, train_iter) or 0
-    except Exception:
+    except ValueError as e:
+        _close(ckpt, train_iter)
+        changes = run_records.changes_since_saved(config, workdir)
+        if changes and not isinstance(e, DamagedCheckpointError):
+            raise ValueError(f"{e}\nThe config differs from the workdir's config.json in: "
+                             f"{'; '.join(changes)}") from e
+        raise
+    except BaseException:
         _close(ckpt, train_iter)
         raise
     if start_step:

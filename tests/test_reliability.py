@@ -84,19 +84,33 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tmp_path,
                                                                     signum):
+    """Ctrl-C in a terminal reaches the whole process group: here with two grain workers,
+    which leave it to the training process."""
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctrl_c = signum == signal.SIGINT
+    workers = ("--config.data.num_workers=2",) if ctrl_c else ()
+    proc = subprocess.Popen(_cmd(workdir, data_dir, *LONG, *workers), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     _wait_for(workdir / "checkpoints" / "10", proc)
-    proc.send_signal(signum)
+    if ctrl_c:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out[-3000:]
     assert "stopped at step" in out and f"after {signal.Signals(signum).name}" in out
+    assert "KeyboardInterrupt" not in out
     saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert saved and saved[-1] < 60
-    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
+    if ctrl_c:  # the saved data position is per worker: another count is named, not guessed
+        other = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=600)
+        assert other.returncode == 1 and "Traceback" not in other.stderr
+        assert "config.json in: data.num_workers: 2 -> 0" in other.stderr
+    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG, *workers), cwd=ROOT, env=_env(),
                            capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed at step {saved[-1]}" in rerun.stdout + rerun.stderr
     assert json.loads((workdir / "summary.json").read_text())["step"] == 60
 
