@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -105,11 +106,13 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # orbax wraps a failed read in a bare Exception
             if _is_storage_error(e):
                 raise DamagedCheckpointError(
                     f"checkpoint {manager.directory}/{step} cannot be read: its files are "
-                    f"damaged or missing ({str(e).splitlines()[0][:300]})") from e
+                    f"damaged or missing ({_first_line(_storage_error(e))})") from e
+            if not isinstance(e, (ValueError, KeyError, TypeError)):
+                raise
             raise ValueError(
                 f"checkpoint {manager.directory}/{step} does not fit this model, optimizer "
                 f"or data pipeline (was it written with another model config, or another "
@@ -129,6 +132,8 @@ class Checkpointer:
         cannot move folders safely, nor can cloud storage, so there the damage is an error
         saying what to move."""
         steps = sorted(self.latest.all_steps(), reverse=True)
+        if steps:
+            _silence_closed_loop_callbacks()  # before: the first ones come during the restore
         for i, step in enumerate(steps):
             try:
                 self.restore(model, optimizer, data_iterator, step=step)
@@ -164,15 +169,60 @@ class Checkpointer:
         self.best.close()
 
 
+def _silence_closed_loop_callbacks() -> None:
+    """After a failed restore, TensorStore's threads go on delivering the reads it had
+    started to the asyncio loop orbax has closed, and Python reports each one as an
+    unraisable "Event loop is closed" RuntimeError: some eighty tracebacks that would bury
+    the warning that matters. They are harmless; this drops just those, once installed."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ferjax_closed_loop_filter", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.ferjax_closed_loop_filter = True
+    sys.unraisablehook = hook
+    # The reads orbax abandoned also end as asyncio tasks whose failure nobody collected.
+    logging.getLogger("asyncio").addFilter(_drop_abandoned_reads)
+
+
+def _drop_abandoned_reads(record: logging.LogRecord) -> bool:
+    """asyncio's 'Task exception was never retrieved' for a read of a damaged checkpoint."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None and isinstance(record.args, dict):  # asyncio passes the context
+        error = record.args.get("exception")
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and error is not None and _is_storage_error(error))
+
+
 class DamagedCheckpointError(ValueError):
     """A checkpoint's files cannot be read (damaged, truncated or deleted)."""
 
 
-def _is_storage_error(error: Exception) -> bool:
-    """Whether a restore failed reading files (TensorStore's NOT_FOUND / DATA_LOSS / read
-    errors), as opposed to a tree that does not fit the model."""
-    text = str(error)
-    return text.startswith(("NOT_FOUND", "DATA_LOSS")) or "Error reading" in text
+def _storage_error(error: BaseException) -> BaseException | None:
+    """The exception in `error`'s chain that says a read of a checkpoint's files failed
+    (TensorStore's NOT_FOUND / DATA_LOSS / FAILED_PRECONDITION read errors, which orbax may
+    wrap in a bare Exception), or None when the tree does not fit the model instead."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if text.startswith(("NOT_FOUND", "DATA_LOSS")) or "Error reading" in text:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    return _storage_error(error) is not None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:300]
 
 
 def _check_shapes(expected, restored, where: str) -> None:

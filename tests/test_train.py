@@ -368,3 +368,34 @@ def test_a_redone_evaluation_that_scores_higher_replaces_the_best_checkpoint(tmp
         np.testing.assert_array_equal(model.bias[...], np.ones(3))
     finally:
         ckpt.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_resume_sets_aside_a_checkpoint_whose_files_are_deleted_or_truncated(tmp_path, damage,
+                                                                           caplog):
+    """Orbax reports a missing data file as NOT_FOUND but a truncated one as a bare Exception
+    wrapping FAILED_PRECONDITION; both are damage, not a model that does not fit. The reads
+    orbax abandoned must not print "Event loop is closed" tracebacks (an error here)."""
+    model = nnx.Sequential(*[nnx.Linear(64, 64, rngs=nnx.Rngs(i)) for i in range(8)])
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    ckpt = Checkpointer(str(tmp_path))
+    try:
+        ckpt.save(1, model, optimizer)
+        ckpt.save(2, model, optimizer)
+        ckpt.latest.wait_until_finished()
+        data_files = [f for f in (tmp_path / "checkpoints" / "2").rglob("*")
+                      if f.is_file() and f.parent.name == "d"]
+        assert data_files
+        for f in data_files:
+            if damage == "deleted":
+                f.unlink()
+            else:
+                f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+        with caplog.at_level(logging.WARNING, logger="ferjax"):
+            assert ckpt.resume(model, optimizer, None) == 1
+        assert "checkpoints/2 cannot be read: its files are damaged or missing" in caplog.text
+        assert (tmp_path / "set_aside" / "checkpoints" / "2").is_dir()
+        assert ckpt.latest_step() == 1
+    finally:
+        ckpt.close()
