@@ -11,6 +11,7 @@ object, and an object is replaced whole or not at all, which makes every write a
 from __future__ import annotations
 
 import os
+import time
 
 
 def is_url(path: str) -> bool:
@@ -80,28 +81,45 @@ def write_text(path: str, text: str) -> None:
 
 
 class LineLog:
-    """A text file that grows by lines (metrics.jsonl, evals.jsonl). Locally an append;
-    in cloud storage the object is rewritten with every line (these logs stay small: one
-    line per logging period)."""
+    """A text file that grows by lines (metrics.jsonl, evals.jsonl). Locally an append.
 
-    def __init__(self, path: str):
+    Cloud storage cannot append, so there the whole object is rewritten: at most once per
+    `upload_every_s` seconds (0: with every line), and on `flush` and `close`. A busy log
+    (metrics.jsonl, a line every few steps) would otherwise upload a growing file every few
+    steps; the loop flushes it before each checkpoint, so a resume loses no line it keeps.
+    """
+
+    def __init__(self, path: str, upload_every_s: float = 0.0):
         self.path = path
+        self.upload_every_s = upload_every_s
         self._file = None
         self._lines: list[str] | None = None
+        self._unsent = False
+        self._sent_at = float("-inf")
         if is_url(path):
             self._lines = read_text(path).splitlines(keepends=True) if exists(path) else []
 
     def append(self, line: str) -> None:
         if self._lines is not None:
             self._lines.append(line + "\n")
-            write_text(self.path, "".join(self._lines))
+            self._unsent = True
+            if time.monotonic() - self._sent_at >= self.upload_every_s:
+                self.flush()
             return
         if self._file is None:
             self._file = open(self.path, "a")
         self._file.write(line + "\n")
         self._file.flush()
 
+    def flush(self) -> None:
+        """Uploads lines not yet in cloud storage (local appends are already written)."""
+        if self._lines is not None and self._unsent:
+            write_text(self.path, "".join(self._lines))
+            self._unsent = False
+            self._sent_at = time.monotonic()
+
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

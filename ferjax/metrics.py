@@ -166,7 +166,8 @@ class MetricWriter:
         """`purge_after`: the step a resumed run restarts from; TensorBoard then hides the
         points after it that the stopped run wrote (the resumed run writes them again)."""
         files.makedirs(workdir)
-        self._jsonl = files.LineLog(files.join(workdir, "metrics.jsonl"))
+        # In cloud storage each upload rewrites the whole file: at most once a minute.
+        self._jsonl = files.LineLog(files.join(workdir, "metrics.jsonl"), upload_every_s=60.0)
         self._tb = None
         if enable_tensorboard:
             from tensorboardX import SummaryWriter
@@ -190,6 +191,7 @@ class MetricWriter:
             self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
 
     def flush(self) -> None:
+        self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 

@@ -344,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     input_wait = 0.0
 
     def save(at_step):
+        writer.flush()  # the metrics up to a checkpoint are stored before it
         ckpt.save(at_step, model, optimizer, train_iter)
 
     def flush_train_metrics(at_step):

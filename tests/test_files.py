@@ -97,3 +97,17 @@ def test_a_data_dir_in_cloud_storage_says_to_copy_it_to_local_disk():
     with pytest.raises(ValueError, match=r"ArrayRecord files cannot be read .*"
                                          r"gcloud storage rsync -r gs://b/datasets"):
         build.make_builder("synthetic_fer", data_dir="gs://b/datasets")
+
+
+def test_a_busy_bucket_log_uploads_at_most_once_per_period_and_on_flush(bucket):
+    path = f"{bucket}/metrics.jsonl"
+    log = files.LineLog(path, upload_every_s=3600.0)
+    log.append("a")  # the first line goes up at once
+    log.append("b")
+    log.append("c")
+    assert files.read_text(path) == "a\n"
+    log.flush()
+    assert files.read_text(path) == "a\nb\nc\n"
+    log.append("d")
+    log.close()
+    assert files.read_text(path) == "a\nb\nc\nd\n"
