@@ -1,13 +1,15 @@
-"""Orbax checkpoints of model, optimizer and data-iterator state.
+"""Orbax checkpoints of model and optimizer state.
 
 `workdir/checkpoints/<step>` keeps the last N; `workdir/best/<step>` keeps the one with the
 best mean class accuracy. Orbax writes each checkpoint into a temporary folder and renames
 it when complete, so a save interrupted by a crash or SIGKILL never replaces the latest
 good checkpoint; restore always picks the newest *complete* step.
 
-Saved: model parameters and BatchNorm statistics, the optimizer state, and the grain
-iterator position. Dropout randomness is re-derived from (seed, step) every step, so it
-needs no saving.
+Saved: model parameters and BatchNorm statistics, and the optimizer state. The data
+position needs no saving: every step reads one batch and batch b is a pure function of
+(config, b) (ferjax/data/pipeline.py), so a run resumed at step s reads from batch s, with
+any number of grain workers. Dropout and augmentation randomness is re-derived from
+(seed, step).
 """
 
 from __future__ import annotations
@@ -48,17 +50,13 @@ class Checkpointer:
                 keep_checkpoints_without_metrics=False, **options))
 
     @staticmethod
-    def _save_args(model, optimizer, data_iterator=None):
-        items = {"model": ocp.args.StandardSave(model_state(model)),
-                 "optimizer": ocp.args.StandardSave(nnx.state(optimizer))}
-        if data_iterator is not None:
-            import grain
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return ocp.args.Composite(**items)
+    def _save_args(model, optimizer):
+        return ocp.args.Composite(model=ocp.args.StandardSave(model_state(model)),
+                                  optimizer=ocp.args.StandardSave(nnx.state(optimizer)))
 
-    def save(self, step: int, model, optimizer, data_iterator=None) -> None:
+    def save(self, step: int, model, optimizer) -> None:
         """Saves to the latest-N set (blocking, atomic)."""
-        self.latest.save(step, args=self._save_args(model, optimizer, data_iterator), force=True)
+        self.latest.save(step, args=self._save_args(model, optimizer), force=True)
         self.latest.wait_until_finished()
 
     def save_if_best(self, step: int, model, optimizer, metrics: dict) -> bool:
@@ -85,7 +83,7 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, model, optimizer=None, data_iterator=None, *, step: int | None = None,
+    def restore(self, model, optimizer=None, *, step: int | None = None,
                 which: str = "latest") -> int | None:
         """Restores in place; returns the step restored, or None if there is nothing to restore.
 
@@ -101,9 +99,6 @@ class Checkpointer:
         items = {"model": ocp.args.StandardRestore(model_state(model))}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardRestore(nnx.state(optimizer))
-        if data_iterator is not None:
-            import grain
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax wraps a failed read in a bare Exception
@@ -114,9 +109,8 @@ class Checkpointer:
             if not isinstance(e, (ValueError, KeyError, TypeError)):
                 raise
             raise ValueError(
-                f"checkpoint {manager.directory}/{step} does not fit this model, optimizer "
-                f"or data pipeline (was it written with another model config, or another "
-                f"config.data.num_workers: the data position is saved per grain worker?): "
+                f"checkpoint {manager.directory}/{step} does not fit this model or "
+                f"optimizer (was it written with another model or optimizer config?): "
                 f"{type(e).__name__}: {e}") from e
         _check_shapes(model_state(model), restored["model"], f"{manager.directory}/{step}")
         nnx.update(model, restored["model"])
@@ -124,7 +118,7 @@ class Checkpointer:
             nnx.update(optimizer, restored["optimizer"])
         return step
 
-    def resume(self, model, optimizer, data_iterator) -> int | None:
+    def resume(self, model, optimizer) -> int | None:
         """Restores the newest readable checkpoint of the latest set; returns its step, or
         None when there is none. Newer checkpoints whose files are damaged or missing are
         moved to <workdir>/set_aside/checkpoints/ with a warning, never deleted, so the run
@@ -136,7 +130,7 @@ class Checkpointer:
             _silence_closed_loop_callbacks()  # before: the first ones come during the restore
         for i, step in enumerate(steps):
             try:
-                self.restore(model, optimizer, data_iterator, step=step)
+                self.restore(model, optimizer, step=step)
             except DamagedCheckpointError as e:
                 if jax.process_count() > 1 or files.is_url(self.workdir) or \
                         i + 1 == len(steps):

@@ -288,19 +288,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model, optimizer = replicated_model_and_optimizer(config, mesh, num_classes,
                                                       steps_per_epoch, total_steps)
-    train_iter = iter(train_data.dataset)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
-        start_step = ckpt.resume(model, optimizer, train_iter) or 0
+        start_step = ckpt.resume(model, optimizer) or 0
     except ValueError as e:
-        _close(ckpt, train_iter)
+        _close(ckpt, None)
         changes = run_records.changes_since_saved(config, workdir)
         if changes and not isinstance(e, DamagedCheckpointError):
             raise ValueError(f"{e}\nThe config differs from the workdir's config.json in: "
                              f"{'; '.join(changes)}") from e
         raise
     except BaseException:
-        _close(ckpt, train_iter)
+        _close(ckpt, None)
         raise
     if start_step:
         run_records.warn_about_config_changes(config, workdir, start_step)
@@ -345,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def save(at_step):
         writer.flush()  # the metrics up to a checkpoint are stored before it
-        ckpt.save(at_step, model, optimizer, train_iter)
+        ckpt.save(at_step, model, optimizer)
 
     def flush_train_metrics(at_step):
         nonlocal pending, t_log, input_wait
@@ -411,6 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.save_if_best(at_step, model, optimizer, record)
         return summary
 
+    train_iter = iter(train_data.dataset_from(start_step))  # batch s feeds step s
     with _Preemption(sync_every=config.train.log_every_steps) as preemption, \
             jax.set_mesh(mesh):
         try:

@@ -74,8 +74,9 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
     partial = killed / "checkpoints" / "50.orbax-checkpoint-tmp-1234"
     partial.mkdir()
     (partial / "garbage").write_text("half written")
-    subprocess.run(_cmd(killed, data_dir, *LONG), cwd=ROOT, env=_env(cache), check=True,
-                   capture_output=True, timeout=600)
+    # Resumed with grain workers the first part ran without: batch s still feeds step s.
+    subprocess.run(_cmd(killed, data_dir, *LONG, "--config.data.num_workers=2"), cwd=ROOT,
+                   env=_env(cache), check=True, capture_output=True, timeout=600)
     config = load_config("baseline,smoke", data_dir)
     for a, b in zip(_params(straight, config), _params(killed, config)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -103,12 +104,7 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tm
     assert "KeyboardInterrupt" not in out
     saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert saved and saved[-1] < 60
-    if ctrl_c:  # the saved data position is per worker: another count is named, not guessed
-        other = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
-                               capture_output=True, text=True, timeout=600)
-        assert other.returncode == 1 and "Traceback" not in other.stderr
-        assert "config.json in: data.num_workers: 2 -> 0" in other.stderr
-    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG, *workers), cwd=ROOT, env=_env(),
+    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed at step {saved[-1]}" in rerun.stdout + rerun.stderr

@@ -393,7 +393,7 @@ def test_resume_sets_aside_a_checkpoint_whose_files_are_deleted_or_truncated(tmp
             else:
                 f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
         with caplog.at_level(logging.WARNING, logger="ferjax"):
-            assert ckpt.resume(model, optimizer, None) == 1
+            assert ckpt.resume(model, optimizer) == 1
         assert "checkpoints/2 cannot be read: its files are damaged or missing" in caplog.text
         assert (tmp_path / "set_aside" / "checkpoints" / "2").is_dir()
         assert ckpt.latest_step() == 1

@@ -139,17 +139,35 @@ class LocalChunk:
 @dataclasses.dataclass(frozen=True)
 class TrainData:
     """What the loop needs to know about the train stream."""
-    dataset: grain.IterDataset
+    batches: grain.MapDataset       # global batch index -> this process's batch
     num_examples: int
     steps_per_epoch: int
     class_counts: np.ndarray
+    read_options: grain.ReadOptions
+    num_workers: int
+    prefetch: int
+
+    def dataset_from(self, start_batch: int) -> grain.IterDataset:
+        """The stream from global batch `start_batch` on: a run resumed at step s reads
+        from batch s (one batch per step), so no iterator position needs saving."""
+        ids = self.batches[start_batch:].to_iter_dataset(self.read_options)
+        if self.num_workers > 0:
+            ids = ids.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.num_workers,
+                                             per_worker_buffer_size=self.prefetch),
+                worker_init_fn=ignore_ctrl_c)
+        return ids
+
+    @property
+    def dataset(self) -> grain.IterDataset:
+        return self.dataset_from(0)
 
 
 def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_size: int,
                   sampler: str = "uniform", second_sampler: str | None = None, seed: int = 0,
                   num_workers: int = 0, process_index: int = 0, process_count: int = 1,
                   read_threads: int = 8, prefetch: int = 2) -> TrainData:
-    """The endless, checkpointable training stream of host-local batches.
+    """The endless training stream of host-local batches, resumable at any batch.
 
     Args:
       source: random-access TFDS data source of the train split.
@@ -157,7 +175,7 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
       second_sampler: if set (BBN: 'reversed'), each batch also carries 'image_rev' and
         'label_rev' drawn by this sampler.
       num_workers: grain worker processes (0: read in this process).
-    Yields (through `iter(TrainData.dataset)`) dicts of numpy arrays: image uint8
+    Yields (through `iter(TrainData.dataset_from(first_batch))`) dicts of numpy arrays: image uint8
       (B, S, S, 3), label int32 (B,), [image_rev, label_rev], with B the per-process batch.
     """
     if global_batch_size % process_count:
@@ -181,14 +199,11 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
     # share, so the global batch is the same whatever the number of processes.
     chunks = grain.MapDataset.range(len(stream) // global_batch_size).map(
         LocalChunk(stream, global_batch_size, local_batch, process_index, read_fn))
-    ids = chunks.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                               prefetch_buffer_size=local_batch * prefetch))
-    if num_workers > 0:
-        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                           per_worker_buffer_size=prefetch),
-                              worker_init_fn=ignore_ctrl_c)
     counts = np.bincount(labels, minlength=int(labels.max()) + 1)
-    return TrainData(ids, len(labels), steps_per_epoch, counts)
+    return TrainData(chunks, len(labels), steps_per_epoch, counts,
+                     grain.ReadOptions(num_threads=read_threads,
+                                       prefetch_buffer_size=local_batch * prefetch),
+                     num_workers, prefetch)
 
 
 def ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
