@@ -185,11 +185,13 @@ def _silence_closed_loop_callbacks() -> None:
 
 
 def _drop_abandoned_reads(record: logging.LogRecord) -> bool:
-    """asyncio's 'Task exception was never retrieved' for a read of a damaged checkpoint."""
+    """asyncio's 'Task / Future exception was never retrieved' for a read of a damaged
+    checkpoint (logged when the abandoned read is collected, at the latest at exit)."""
     error = record.exc_info[1] if record.exc_info else None
     if error is None and isinstance(record.args, dict):  # asyncio passes the context
         error = record.args.get("exception")
-    return not (record.getMessage().startswith("Task exception was never retrieved")
+    return not (record.getMessage().startswith(("Task exception was never retrieved",
+                                                "Future exception was never retrieved"))
                 and error is not None and _is_storage_error(error))
 
 
