@@ -557,3 +557,10 @@ def test_a_damaged_record_file_is_named_with_the_command_that_rebuilds_it(tiny_d
     assert "split 'train' is damaged" in capsys.readouterr().err
     assert build_lib.main(command + ["--overwrite"]) == 0  # what the message says to run
     assert len(open_train_and_eval(cfg)[0]) == 140
+
+
+def test_an_unbuilt_dataset_gets_no_tfds_warning_about_its_missing_folder(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        builder = build_lib.make_builder("synthetic_fer", data_dir=str(tmp_path))
+        assert not builder.is_prepared()
+    assert "Variant folder" not in caplog.text

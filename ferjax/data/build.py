@@ -26,6 +26,16 @@ from ferjax.data.builders import BUILDERS, get_builder_class
 log = logging.getLogger("ferjax.data")
 
 
+def _not_built_yet(record: logging.LogRecord) -> bool:
+    """Drops TFDS's 'Variant folder … has no dataset_info.json': it looks for built
+    versions of a dataset that is not built yet, which ferjax then builds or names in a
+    clear error. On a first run it was the only warning, and a puzzling one."""
+    return not str(record.msg).startswith("Variant folder %s has no")
+
+
+logging.getLogger("absl").addFilter(_not_built_yet)  # TFDS logs through absl
+
+
 def default_data_dir() -> str:
     return os.path.expanduser(os.environ.get("FERJAX_DATA_DIR", "~/ferjax_datasets"))
 
