@@ -102,10 +102,11 @@ class Checkpointer:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax wraps a failed read in a bare Exception
-            if _is_storage_error(e):
+            read_error = _storage_error(e)
+            if read_error is not None:
                 raise DamagedCheckpointError(
                     f"checkpoint {manager.directory}/{step} cannot be read: its files are "
-                    f"damaged or missing ({_first_line(_storage_error(e))})") from e
+                    f"damaged or missing ({str(read_error).splitlines()[0][:300]})") from e
             if not isinstance(e, (ValueError, KeyError, TypeError)):
                 raise
             raise ValueError(
@@ -192,7 +193,7 @@ def _drop_abandoned_reads(record: logging.LogRecord) -> bool:
         error = record.args.get("exception")
     return not (record.getMessage().startswith(("Task exception was never retrieved",
                                                 "Future exception was never retrieved"))
-                and error is not None and _is_storage_error(error))
+                and error is not None and _storage_error(error) is not None)
 
 
 class DamagedCheckpointError(ValueError):
@@ -211,14 +212,6 @@ def _storage_error(error: BaseException) -> BaseException | None:
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def _is_storage_error(error: BaseException) -> bool:
-    return _storage_error(error) is not None
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0][:300]
 
 
 def _check_shapes(expected, restored, where: str) -> None:

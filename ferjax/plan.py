@@ -9,7 +9,6 @@ what for how long; `train.train_and_evaluate` runs a plan, and `describe_plan` p
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from typing import Any
@@ -252,9 +251,8 @@ def describe_plan(config: ml_collections.ConfigDict, plan: Plan, workdir: str = 
         lines.append(f"workdir {workdir}: " + (
             "new run" if step is None else f"would resume from its checkpoint at step {step}"
             + (" (nothing left to train)" if step >= plan.total_steps else "")))
-        saved = files.join(workdir, "config.json")
-        if step is not None and files.exists(saved):
-            changes = run_records.config_changes(json.loads(files.read_text(saved)), config)
+        if step is not None and files.exists(files.join(workdir, "config.json")):
+            changes = run_records.changes_since_saved(config, workdir)
             lines += [f"  config changes against its config.json: {len(changes)}"] + [
                 f"    {c}" for c in changes]
     return "\n".join(lines)

@@ -292,14 +292,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         start_step = ckpt.resume(model, optimizer) or 0
     except ValueError as e:
-        _close(ckpt, None)
+        ckpt.close()
         changes = run_records.changes_since_saved(config, workdir)
         if changes and not isinstance(e, DamagedCheckpointError):
             raise ValueError(f"{e}\nThe config differs from the workdir's config.json in: "
                              f"{'; '.join(changes)}") from e
         raise
     except BaseException:
-        _close(ckpt, None)
+        ckpt.close()
         raise
     if start_step:
         run_records.warn_about_config_changes(config, workdir, start_step)

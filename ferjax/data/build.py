@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ferjax import files
 from ferjax.data.builders import BUILDERS, get_builder_class
 
 log = logging.getLogger("ferjax.data")
@@ -50,7 +51,7 @@ def make_builder(dataset: str, config: str | None = None, data_dir: str | None =
     if names and config not in names:
         raise ValueError(f"dataset {dataset!r} has configs {names}, not {config!r}")
     data_dir = data_dir or default_data_dir()
-    if "://" in str(data_dir):
+    if files.is_url(data_dir):
         raise ValueError(
             f"data_dir {data_dir} is in cloud storage, where ArrayRecord files cannot be read "
             "(google/array_record#120): copy the dataset to local disk first, e.g. "
@@ -132,11 +133,12 @@ def read_field(builder, split: str, field: str) -> np.ndarray:
         try:
             values.append(source[i][field])
         except RuntimeError as e:  # array_record's error for a bad block or a short file
-            files = sorted(pathlib.Path(builder.data_dir).glob(f"*-{split}.array_record*"))
+            record_files = sorted(pathlib.Path(builder.data_dir).glob(
+                f"*-{split}.array_record*"))
             raise CorruptDatasetError(
                 f"{builder.name} split {split!r} is damaged at record {i} of {len(source)} "
                 f"({str(e).splitlines()[0]}); files: "
-                f"{', '.join(map(str, files)) or f'none left in {builder.data_dir}'}. "
+                f"{', '.join(map(str, record_files)) or f'none left in {builder.data_dir}'}. "
                 f"Rebuild it: {rebuild_command(builder)}") from None
     return np.asarray(values)
 
