@@ -96,24 +96,27 @@ class Checkpointer:
             step = manager.latest_step() if which == "latest" else manager.best_step()
         if step is None:
             return None
-        items = {"model": ocp.args.StandardRestore(model_state(model))}
+        where = f"{manager.directory}/{step}"
+        expected = {"model": model_state(model)}
         if optimizer is not None:
-            items["optimizer"] = ocp.args.StandardRestore(nnx.state(optimizer))
+            expected["optimizer"] = nnx.state(optimizer)
+        _check_fits(expected, _stored_shapes(manager, step), where)
+        args = {name: ocp.args.StandardRestore(tree) for name, tree in expected.items()}
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            restored = manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax wraps a failed read in a bare Exception
             read_error = _storage_error(e)
             if read_error is not None:
                 raise DamagedCheckpointError(
-                    f"checkpoint {manager.directory}/{step} cannot be read: its files are "
+                    f"checkpoint {where} cannot be read: its files are "
                     f"damaged or missing ({str(read_error).splitlines()[0][:300]})") from e
             if not isinstance(e, (ValueError, KeyError, TypeError)):
                 raise
             raise ValueError(
-                f"checkpoint {manager.directory}/{step} does not fit this model or "
+                f"checkpoint {where} does not fit this model or "
                 f"optimizer (was it written with another model or optimizer config?): "
                 f"{type(e).__name__}: {e}") from e
-        _check_shapes(model_state(model), restored["model"], f"{manager.directory}/{step}")
+        _check_fits(expected, {name: _leaf_shapes(restored[name]) for name in expected}, where)
         nnx.update(model, restored["model"])
         if optimizer is not None:
             nnx.update(optimizer, restored["optimizer"])
@@ -214,13 +217,56 @@ def _storage_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _check_shapes(expected, restored, where: str) -> None:
-    want = jax.tree_util.tree_flatten_with_path(expected)[0]
-    got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
-    for path, leaf in want:
-        other = got.get(path)
-        if other is None or other.shape != leaf.shape:
-            name = jax.tree_util.keystr(path)
-            raise ValueError(f"checkpoint {where} does not fit this model: {name} has shape "
-                             f"{None if other is None else other.shape}, model expects "
-                             f"{leaf.shape}")
+def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+    """{path: shape} of a state tree, a restored tree or orbax's metadata of one; paths as
+    plain strings without the Variable's trailing 'value', so that all three agree."""
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                      for k in path)
+        if names and names[-1] == "value":
+            names = names[:-1]
+        shapes[names] = tuple(leaf.shape) if hasattr(leaf, "shape") else None
+    return shapes
+
+
+def _stored_shapes(manager, step: int) -> dict[str, dict] | None:
+    """{item: leaf shapes} from the metadata of the checkpoint's model and optimizer items
+    (no array is read), or None when it cannot be read; the restore then says what is
+    damaged."""
+    shapes = {}
+    for name in ("model", "optimizer"):
+        item = manager.directory / str(step) / name
+        try:
+            if item.exists():
+                metadata = ocp.StandardCheckpointHandler().metadata(item)
+                shapes[name] = _leaf_shapes(getattr(metadata, "tree", metadata))
+        except Exception:  # a damaged checkpoint: the restore that follows reports it
+            return None
+    return shapes
+
+
+def _check_fits(expected: dict, stored: dict[str, dict] | None, where: str) -> None:
+    """Raises a ValueError naming the first parameters whose shape differs between the
+    model/optimizer (`expected`, {item: state}) and a checkpoint (`stored`), or that only
+    one of them has. Checked before reading so that the error names the parameter."""
+    for name, tree in expected.items():
+        have = (stored or {}).get(name)
+        if have is None:  # no metadata: the restore itself says what is wrong
+            continue
+        want = _leaf_shapes(tree)
+        differ = [_difference(path, have, want) for path in sorted(want.keys() | have.keys())
+                  if have.get(path, "absent") != want.get(path, "absent")]
+        if differ:
+            more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+            raise ValueError(f"checkpoint {where} does not fit this {name} (was it written "
+                             f"with another {name} config?): {'; '.join(differ[:3])}{more}")
+
+
+def _difference(path: tuple[str, ...], stored: dict, expected: dict) -> str:
+    name = "/".join(path)
+    if path not in expected:
+        return f"{name} is only in the checkpoint"
+    if path not in stored:
+        return f"{name} is not in the checkpoint"
+    return f"{name} has shape {stored[path]} in the checkpoint, {expected[path]} here"

@@ -206,14 +206,57 @@ def test_nonfinite_loss_stops_before_writing_a_checkpoint(data_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_checkpoint_from_another_model_is_a_clear_error(data_dir, tmp_path):
     config = load_config("baseline,smoke", data_dir)
     config.train.num_steps = 3
     train.train_and_evaluate(config, str(tmp_path))
     other = ml_collections.ConfigDict(config.to_dict())
     other.model.width = 16
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(ValueError, match=r"does not fit this model .*: \S+ has shape \([\d, ]+\) "
+                                         r"in the checkpoint, \([\d, ]+\) here.*\n.*model.width: "
+                                         r"8 -> 16"):
         train.train_and_evaluate(other, str(tmp_path))
+
+
+class _TwoLayers(nnx.Module):
+    def __init__(self, width: int, extra: bool = False):
+        rngs = nnx.Rngs(0)
+        self.first = nnx.Linear(3, width, rngs=rngs)
+        self.norm = nnx.BatchNorm(width, rngs=rngs)
+        if extra:
+            self.second = nnx.Linear(width, 2, rngs=rngs)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_checkpoint_mismatch_names_the_parameters_before_reading_any(tmp_path):
+    """The checkpoint's metadata is compared with the model first: the error names the
+    parameter and both shapes (or the side that lacks it), and no array read is started."""
+    def optimizer(model, tx=optax.adam(1e-3)):
+        return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    saved = _TwoLayers(4)
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(1, saved, optimizer(saved))
+    wider = _TwoLayers(8)
+    with pytest.raises(ValueError) as error:
+        ckpt.restore(wider, optimizer(wider))
+    assert str(error.value).endswith(
+        "does not fit this model (was it written with another model config?): first/bias has "
+        "shape (4,) in the checkpoint, (8,) here; first/kernel has shape (3, 4) in the "
+        "checkpoint, (3, 8) here; norm/bias has shape (4,) in the checkpoint, (8,) here "
+        "(and 3 more)")
+    with pytest.raises(ValueError, match="second/bias is not in the checkpoint; second/kernel"):
+        ckpt.restore(_TwoLayers(4, extra=True))
+    same = _TwoLayers(4)
+    with pytest.raises(ValueError, match=r"does not fit this optimizer .*opt_state/0/mu/first/"
+                                         r"bias is only in the checkpoint"):
+        ckpt.restore(same, optimizer(same, optax.sgd(0.1)))
+    restored_model = _TwoLayers(4)
+    restored_model.first.kernel[...] = 0
+    assert ckpt.restore(restored_model, optimizer(restored_model)) == 1
+    np.testing.assert_array_equal(restored_model.first.kernel[...], saved.first.kernel[...])
+    ckpt.close()
 
 
 def test_loss_weight_vectors_give_absent_classes_zero():
