@@ -13,6 +13,9 @@
 set -euo pipefail
 CONFIG=${1:?usage: launch/tpu_vm.sh CONFIG [extra flags]}
 shift
+# Extra flags travel inside one remote command line: quote each so spaces survive.
+EXTRA=$(printf '%q ' "$@")
+cd "$(dirname "$0")/.."  # ship the repository, whatever the current directory
 : "${TPU_NAME:?}" "${ZONE:?}" "${DATA:?}" "${WORKDIR:?}"
 ACCELERATOR=${ACCELERATOR:-v4-8}
 VERSION=${VERSION:-tpu-ubuntu2204-base}
@@ -36,7 +39,7 @@ pip install -q -e '.[tpu]'
 mkdir -p ~/ferjax_datasets && gcloud storage rsync -r "$DATA" ~/ferjax_datasets
 export FERJAX_DATA_DIR=~/ferjax_datasets
 python -m ferjax.main --config "$CONFIG" --workdir "$WORKDIR" --distributed \
-  --config.train.progress_bar=False $*
+  --config.train.progress_bar=False $EXTRA
 REMOTE_EOF
 )
 # --worker=all starts one process per host; jax.distributed.initialize() finds the others.

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -108,28 +109,33 @@ def test_tpu_vm_launcher_commands(tmp_path):
     log = tmp_path / "gcloud.jsonl"
     fake = bin_dir / "gcloud"
     fake.write_text(f"""#!{sys.executable}
-import json, sys
+import json, sys, tarfile
+args = sys.argv[1:]
+if "scp" in args:  # what was shipped: the repository, whatever the caller's directory
+    args.append(sorted(n for n in tarfile.open(args[4]).getnames() if n.endswith(".py")))
 with open({str(log)!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
+    f.write(json.dumps(args) + "\\n")
 sys.exit(1 if "describe" in sys.argv else 0)   # the TPU VM does not exist yet
 """)
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TPU_NAME": "fer",
            "ZONE": "us-central2-b", "ACCELERATOR": "v4-16", "DATA": "gs://b/ferjax_datasets",
            "WORKDIR": "gs://b/runs/mek"}
-    subprocess.run(["bash", "launch/tpu_vm.sh", "configs/rafdb.py:mek",
-                    "--config.train.batch_size=128"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(["bash", str(ROOT / "launch" / "tpu_vm.sh"), "configs/rafdb.py:mek",
+                    "--config.train.batch_size=128", "--config.eval.final_splits=test, holdout"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     assert [c[:4] for c in calls] == [["compute", "tpus", "tpu-vm", verb]
                                        for verb in ("describe", "create", "scp", "ssh")]
     create, scp, ssh = calls[1:]
     assert create[create.index("--accelerator-type") + 1] == "v4-16"
     assert scp[4].endswith("ferjax.tgz") and scp[5] == "fer:~/" and "--worker=all" in scp
+    assert {"./ferjax/main.py", "./configs/rafdb.py"} <= set(scp[-1])
     assert "--worker=all" in ssh
     remote = ssh[ssh.index("--command") + 1]
     assert 'gcloud storage rsync -r "gs://b/ferjax_datasets" ~/ferjax_datasets' in remote
     assert ('python -m ferjax.main --config "configs/rafdb.py:mek" --workdir "gs://b/runs/mek" '
             '--distributed') in remote
-    assert remote.rstrip().endswith("--config.train.batch_size=128")
+    assert shlex.split(remote.rstrip().splitlines()[-1])[-2:] == [
+        "--config.train.batch_size=128", "--config.eval.final_splits=test, holdout"]
     subprocess.run(["bash", "-n", "-c", remote], check=True)  # syntax only
