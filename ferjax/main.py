@@ -34,6 +34,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 MALLOC_NOTE = "malloc: not checked (ferjax.main imported, not run)"
 
 
+def _not_a_missing_libtpu(record: logging.LogRecord) -> bool:
+    """Drops JAX's "Unable to initialize backend 'tpu' ... libtpu.so: cannot open shared
+    object file", logged at every start on a machine without the TPU runtime (CPU or GPU),
+    where it reads like an error. A TPU runtime that is installed but fails still shows."""
+    message = record.getMessage()
+    return not (message.startswith("Unable to initialize backend 'tpu'")
+                and "cannot open shared object file" in message)
+
+
 def init_distributed() -> None:
     import jax
     if FLAGS.coordinator_address:
@@ -97,6 +106,7 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").addFilter(_not_a_missing_libtpu)
     init_distributed()
     import jax
 

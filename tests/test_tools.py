@@ -392,10 +392,13 @@ def test_dry_run_prints_the_plan_without_training(tmp_path):
     assert "loss: forward flip_pair; 0.01·rac + 1·rsl; MEK weights" in out
     assert "tracked at every evaluation: test (70 images)" in out
     assert f"workdir {workdir}: new run" in out and "parameters" in out
-    # A bad config fails the dry run the way it would fail the run.
+    # A bad config fails the dry run the way it would fail the run. With JAX looking for
+    # every platform, as a user's command does: no line about the absent TPU runtime.
+    env.pop("JAX_PLATFORMS")
     proc = subprocess.run(
         [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:smoke",
          "--workdir", str(workdir), "--dry_run", f"--config.data.data_dir={tmp_path / 'data'}",
          "--config.eval.track_splits=tset"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "config.eval.track_splits has 'tset'" in proc.stderr
+    assert "libtpu" not in proc.stderr and "devices: [CpuDevice(id=0)" in proc.stderr
