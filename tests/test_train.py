@@ -219,6 +219,25 @@ def test_checkpoint_from_another_model_is_a_clear_error(data_dir, tmp_path):
         train.train_and_evaluate(other, str(tmp_path))
 
 
+def test_without_a_terminal_progress_is_logged_as_lines(data_dir, tmp_path, caplog, capsys,
+                                                       monkeypatch):
+    """pytest's stderr is no terminal, as a log file or a cloud job's console is not: no tqdm
+    bar, but a line per (here: every) log window with loss, rate and time left, from the
+    second window on (the first holds the compilation)."""
+    monkeypatch.setattr(train, "PROGRESS_LINE_EVERY_S", 0.0)
+    config = load_config("baseline,smoke", data_dir)
+    config.train.num_steps, config.train.eval_every_steps = 8, 8  # windows end at 2, 4, 6, 8
+    with caplog.at_level(logging.INFO, logger="ferjax"):
+        train.train_and_evaluate(config, str(tmp_path))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(" ")[1] for line in lines] == ["4/8", "6/8", "8/8"]
+    assert re.fullmatch(r"step 6/8 \(epoch 0\.75\): loss \d+\.\d{4}  train accuracy [\d.]+ %  "
+                        r"[\d.]+ steps/s \(\d+ images/s\)  input wait \d+ %  about \d+ s left",
+                        lines[1]), lines[1]
+    assert lines[2].endswith("about 0 s left")
+    assert "step/s" not in capsys.readouterr().err  # tqdm's rate unit: no bar was drawn
+
+
 class _TwoLayers(nnx.Module):
     def __init__(self, width: int, extra: bool = False):
         rngs = nnx.Rngs(0)
