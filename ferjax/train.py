@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 
 import jax
@@ -22,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import files, methods, metrics as metrics_lib, run_records
+from ferjax import console, files, methods, metrics as metrics_lib, run_records
 from ferjax.checkpoint import Checkpointer, DamagedCheckpointError
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
@@ -269,8 +268,7 @@ PROGRESS_LINE_EVERY_S = 30.0
 def _progress(total: int, initial: int, enabled: bool):
     """A tqdm bar on a terminal or in a notebook; None elsewhere (a log file or a cloud
     job's console, where each redraw would add to one endless line): log lines instead."""
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    if not (enabled and interactive):
+    if not (enabled and console.interactive()):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,

@@ -564,3 +564,12 @@ def test_an_unbuilt_dataset_gets_no_tfds_warning_about_its_missing_folder(tmp_pa
         builder = build_lib.make_builder("synthetic_fer", data_dir=str(tmp_path))
         assert not builder.is_prepared()
     assert "Variant folder" not in caplog.text
+
+
+def test_a_build_whose_output_is_no_terminal_draws_no_progress_bars(tmp_path, capsys):
+    """Like a log file, pytest's captured stderr is no terminal: TFDS's bars ('Generating
+    splits... 1/4 [00:01, 3.00 splits/s]', one redraw after another) stay off."""
+    builder = build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
+    assert builder.is_prepared()
+    err = capsys.readouterr().err
+    assert "splits/s" not in err and "examples/s" not in err

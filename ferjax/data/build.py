@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ferjax import files
+from ferjax import console, files
 from ferjax.data.builders import BUILDERS, get_builder_class
 
 log = logging.getLogger("ferjax.data")
@@ -91,6 +91,8 @@ def build(dataset: str, *, config: str | None = None, manual_dir: str | None = N
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(path) if path else None,
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    if not console.interactive():  # TFDS's bars would pile up in a log file
+        tfds.display_progress_bar(False)
     builder.download_and_prepare(download_config=download_config, file_format="array_record")
     return builder
 
