@@ -14,9 +14,11 @@ any number of grain workers. Dropout and augmentation randomness is re-derived f
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -100,16 +102,15 @@ class Checkpointer:
         expected = {"model": model_state(model)}
         if optimizer is not None:
             expected["optimizer"] = nnx.state(optimizer)
-        _check_fits(expected, _stored_shapes(manager, step), where)
+        _silence_closed_loop_callbacks()  # before any read: a failed one leaves callbacks
+        _check_fits(expected, _stored_shapes(manager, step, where), where)
         args = {name: ocp.args.StandardRestore(tree) for name, tree in expected.items()}
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax wraps a failed read in a bare Exception
             read_error = _storage_error(e)
             if read_error is not None:
-                raise DamagedCheckpointError(
-                    f"checkpoint {where} cannot be read: its files are "
-                    f"damaged or missing ({str(read_error).splitlines()[0][:300]})") from e
+                raise _damaged(where, read_error) from e
             if not isinstance(e, (ValueError, KeyError, TypeError)):
                 raise
             raise ValueError(
@@ -130,8 +131,6 @@ class Checkpointer:
         cannot move folders safely, nor can cloud storage, so there the damage is an error
         saying what to move."""
         steps = sorted(self.latest.all_steps(), reverse=True)
-        if steps:
-            _silence_closed_loop_callbacks()  # before: the first ones come during the restore
         for i, step in enumerate(steps):
             try:
                 self.restore(model, optimizer, step=step)
@@ -230,10 +229,13 @@ def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...] | None]:
     return shapes
 
 
-def _stored_shapes(manager, step: int) -> dict[str, dict] | None:
+def _stored_shapes(manager, step: int, where: str) -> dict[str, dict] | None:
     """{item: leaf shapes} from the metadata of the checkpoint's model and optimizer items
-    (no array is read), or None when it cannot be read; the restore then says what is
-    damaged."""
+    (no array data is read), or None when orbax cannot read it; the restore then says why.
+
+    Raises:
+      DamagedCheckpointError: when the metadata's files are damaged or missing.
+    """
     shapes = {}
     for name in ("model", "optimizer"):
         item = manager.directory / str(step) / name
@@ -241,9 +243,32 @@ def _stored_shapes(manager, step: int) -> dict[str, dict] | None:
             if item.exists():
                 metadata = ocp.StandardCheckpointHandler().metadata(item)
                 shapes[name] = _leaf_shapes(getattr(metadata, "tree", metadata))
-        except Exception:  # a damaged checkpoint: the restore that follows reports it
-            return None
+        except Exception as e:
+            read_error = _storage_error(e)
+            damaged = None if read_error is None else _damaged(where, read_error)
+            read_error = None  # holds the frames that hold the abandoned reads
+        else:
+            continue
+        # Out of the except block, so that the error's frames no longer hold the reads.
+        _drop_abandoned_metadata_reads()
+        if damaged is not None:
+            raise damaged
+        return None
     return shapes
+
+
+def _damaged(where: str, read_error: BaseException) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"checkpoint {where} cannot be read: its files are damaged "
+                                  f"or missing ({str(read_error).splitlines()[0][:300]})")
+
+
+def _drop_abandoned_metadata_reads() -> None:
+    """When one array's metadata cannot be read, orbax abandons the reads of the others, and
+    Python warns "coroutine 'Store._get_array_metadatas' was never awaited" whenever they
+    are collected. The read error is reported instead; collect them now, without the warning."""
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=r"coroutine 'Store\._get_array_metadatas' was never awaited")
+    gc.collect()
 
 
 def _check_fits(expected: dict, stored: dict[str, dict] | None, where: str) -> None:

@@ -495,7 +495,9 @@ def _progress_line(step: int, total_steps: int, steps_per_epoch: int, means: dic
     """'step 620/992 (epoch 10.00): loss 0.7660  train accuracy 70.5 %  10.40 steps/s
     (666 images/s)  input wait 8 %  about 1 min 05 s left' from a log window's means."""
     minutes, seconds = divmod(round(seconds_left), 60)
-    left = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    left = (f"{hours} h {minutes:02d} min" if hours else
+            f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s")
     return (f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): loss "
             f"{means['loss']:.4f}  train accuracy {100 * means['train_accuracy']:.1f} %  "
             f"{means['steps_per_second']:.2f} steps/s ({means['images_per_second']:.0f} "

@@ -235,6 +235,11 @@ def test_without_a_terminal_progress_is_logged_as_lines(data_dir, tmp_path, capl
                         r"[\d.]+ steps/s \(\d+ images/s\)  input wait \d+ %  about \d+ s left",
                         lines[1]), lines[1]
     assert lines[2].endswith("about 0 s left")
+    means = dict(loss=0.5, train_accuracy=0.7, steps_per_second=10.0, images_per_second=640.0,
+                 input_wait_fraction=0.03)
+    assert train._progress_line(5, 90_000, 62, means, 5 * 3600 + 12 * 60 + 30).endswith(
+        "about 5 h 12 min left")
+    assert train._progress_line(5, 90_000, 62, means, 65).endswith("about 1 min 05 s left")
     assert "step/s" not in capsys.readouterr().err  # tqdm's rate unit: no bar was drawn
 
 
