@@ -103,7 +103,8 @@ class Checkpointer:
         if optimizer is not None:
             expected["optimizer"] = nnx.state(optimizer)
         _silence_closed_loop_callbacks()  # before any read: a failed one leaves callbacks
-        _check_fits(expected, _stored_shapes(manager, step, where), where)
+        stored = _stored_shapes(manager, step, where) or {}
+        _check_fits(expected, stored, where)
         args = {name: ocp.args.StandardRestore(tree) for name, tree in expected.items()}
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**args))
@@ -117,7 +118,9 @@ class Checkpointer:
                 f"checkpoint {where} does not fit this model or "
                 f"optimizer (was it written with another model or optimizer config?): "
                 f"{type(e).__name__}: {e}") from e
-        _check_fits(expected, {name: _leaf_shapes(restored[name]) for name in expected}, where)
+        # Items without readable metadata are checked now, from what was restored.
+        _check_fits(expected, {name: _leaf_shapes(restored[name]) for name in expected
+                               if name not in stored}, where)
         nnx.update(model, restored["model"])
         if optimizer is not None:
             nnx.update(optimizer, restored["optimizer"])
@@ -183,8 +186,11 @@ def _silence_closed_loop_callbacks() -> None:
 
     hook.ferjax_closed_loop_filter = True
     sys.unraisablehook = hook
-    # The reads orbax abandoned also end as asyncio tasks whose failure nobody collected.
+    # The reads orbax abandoned also end as asyncio tasks whose failure nobody collected,
+    # and, when reading metadata, as coroutines it never awaited.
     logging.getLogger("asyncio").addFilter(_drop_abandoned_reads)
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=r"coroutine 'Store\._get_array_metadatas' was never awaited")
 
 
 def _drop_abandoned_reads(record: logging.LogRecord) -> bool:
@@ -237,24 +243,23 @@ def _stored_shapes(manager, step: int, where: str) -> dict[str, dict] | None:
       DamagedCheckpointError: when the metadata's files are damaged or missing.
     """
     shapes = {}
-    for name in ("model", "optimizer"):
-        item = manager.directory / str(step) / name
-        try:
+    try:
+        for name in ("model", "optimizer"):
+            item = manager.directory / str(step) / name
             if item.exists():
                 metadata = ocp.StandardCheckpointHandler().metadata(item)
                 shapes[name] = _leaf_shapes(getattr(metadata, "tree", metadata))
-        except Exception as e:
-            read_error = _storage_error(e)
-            damaged = None if read_error is None else _damaged(where, read_error)
-            read_error = None  # holds the frames that hold the abandoned reads
-        else:
-            continue
-        # Out of the except block, so that the error's frames no longer hold the reads.
-        _drop_abandoned_metadata_reads()
-        if damaged is not None:
-            raise damaged
-        return None
-    return shapes
+        return shapes
+    except Exception as e:
+        read_error = _storage_error(e)
+        damaged = None if read_error is None else _damaged(where, read_error)
+        del read_error  # it holds the frames that hold the reads orbax abandoned
+    # Out of the except block, so that nothing holds those reads: collect them now, while
+    # the filter for their warning is in place (_silence_closed_loop_callbacks).
+    gc.collect()
+    if damaged is not None:
+        raise damaged
+    return None
 
 
 def _damaged(where: str, read_error: BaseException) -> DamagedCheckpointError:
@@ -262,21 +267,12 @@ def _damaged(where: str, read_error: BaseException) -> DamagedCheckpointError:
                                   f"or missing ({str(read_error).splitlines()[0][:300]})")
 
 
-def _drop_abandoned_metadata_reads() -> None:
-    """When one array's metadata cannot be read, orbax abandons the reads of the others, and
-    Python warns "coroutine 'Store._get_array_metadatas' was never awaited" whenever they
-    are collected. The read error is reported instead; collect them now, without the warning."""
-    warnings.filterwarnings("ignore", category=RuntimeWarning,
-                            message=r"coroutine 'Store\._get_array_metadatas' was never awaited")
-    gc.collect()
-
-
-def _check_fits(expected: dict, stored: dict[str, dict] | None, where: str) -> None:
+def _check_fits(expected: dict, stored: dict[str, dict], where: str) -> None:
     """Raises a ValueError naming the first parameters whose shape differs between the
     model/optimizer (`expected`, {item: state}) and a checkpoint (`stored`), or that only
     one of them has. Checked before reading so that the error names the parameter."""
     for name, tree in expected.items():
-        have = (stored or {}).get(name)
+        have = stored.get(name)
         if have is None:  # no metadata: the restore itself says what is wrong
             continue
         want = _leaf_shapes(tree)
