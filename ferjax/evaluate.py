@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import ml_collections
@@ -83,7 +84,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     with jax.set_mesh(mesh):
         train.replicate(model, mesh)
         cm = train.evaluate(model, train.make_eval_step(recipe, len(names)), eval_split, config,
-                            NamedSharding(mesh, P("data")), len(names))
+                            NamedSharding(mesh, P("data")), len(names), f"{data_cfg.name}/{split}")
     summary = metrics.accuracy_summary(cm)
     table = metrics.per_class_table(summary, names)
     source = f"{dataset.replace(':', '_')}_" if dataset else ""
@@ -122,6 +123,10 @@ def main(argv=None) -> int:
                         help=compilation_cache.HELP)
     args = parser.parse_args(argv)
     compilation_cache.use(args.compilation_cache)
+    # ferjax's own notes (a first-use dataset build, a long pass's progress) but not the
+    # libraries' INFO chatter.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("ferjax").setLevel(logging.INFO)
     try:
         result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
                                   args.data_dir, args.flip_average)

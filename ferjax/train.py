@@ -191,20 +191,37 @@ def make_eval_step(recipe: Recipe, num_classes: int):
     return jax.jit(eval_step, static_argnums=0)
 
 
+# Without a progress bar (no terminal, or train.progress_bar=False) the loop logs a line
+# with loss, rate and time left at most this often; so does a long evaluation.
+PROGRESS_LINE_EVERY_S = 30.0
+
+
 def evaluate(model, eval_step, eval_split: sources.Split, config, data_sharding,
-             num_classes: int) -> np.ndarray:
-    """One pass over the eval split; returns the (K, K) confusion matrix."""
-    ds, _ = pipeline.eval_dataset(eval_split.source, global_batch_size=config.eval.batch_size,
-                                  image_size=host_image_size(config.data),
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+             num_classes: int, name: str = "eval") -> np.ndarray:
+    """One pass over the eval split; returns the (K, K) confusion matrix. A pass longer
+    than PROGRESS_LINE_EVERY_S (a large split on a CPU) logs how far it is, as
+    'evaluating `name`: batch 40/1100, about 3 min 10 s left'."""
+    ds, num_batches = pipeline.eval_dataset(
+        eval_split.source, global_batch_size=config.eval.batch_size,
+        image_size=host_image_size(config.data), process_index=jax.process_index(),
+        process_count=jax.process_count())
     graphdef, state = nnx.split(nnx.view(model, deterministic=True, use_running_average=True,
                                          raise_if_not_found=False))
     cm = np.zeros((num_classes, num_classes), np.int64)
-    for batch in ds:
+    logged_at = time.time()
+    for done, batch in enumerate(ds, 1):
         batch = to_global({k: batch[k] for k in ("image", "label", "mask")}, data_sharding)
         counts, _ = eval_step(graphdef, state, batch)
         cm += np.asarray(jax.device_get(counts), np.int64)
+        now = time.time()
+        if done == 1:  # the pace is timed from here, without the first batch's compilation
+            first_done = now
+        elif (done < num_batches and now - logged_at >= PROGRESS_LINE_EVERY_S
+                and jax.process_index() == 0):
+            logged_at = now
+            left = (num_batches - done) * (now - first_done) / (done - 1)
+            log.info("evaluating %s: batch %d/%d, about %s left", name, done, num_batches,
+                     _duration(left))
     return cm
 
 
@@ -258,11 +275,6 @@ class _Preemption:
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
-
-
-# Without a progress bar (no terminal, or train.progress_bar=False) the loop logs a line
-# with loss, rate and time left at most this often.
-PROGRESS_LINE_EVERY_S = 30.0
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -403,7 +415,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def run_eval(at_step):
         nonlocal last_cm
-        cm = evaluate(model, eval_step, eval_split, config, data_sharding, num_classes)
+        cm = evaluate(model, eval_step, eval_split, config, data_sharding, num_classes,
+                      config.data.eval_split)
         summary = metrics_lib.accuracy_summary(cm)
         last_cm = cm
         record = {"step": at_step, **metrics_lib.headline(summary)}
@@ -414,7 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             run_records.write_evaluation(writer, at_step, summary, cm,
                                          eval_split.class_names, config.data.eval_split, "eval")
         for split, data in tracked.items():
-            cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes)
+            cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes,
+                                split)
             summary_split = metrics_lib.accuracy_summary(cm_split)
             record.setdefault("tracked", {})[split] = metrics_lib.headline(summary_split)
             message += (f" | {split}: accuracy {100 * summary_split['accuracy']:.2f}  mean "
@@ -494,15 +508,19 @@ def _progress_line(step: int, total_steps: int, steps_per_epoch: int, means: dic
                    seconds_left: float) -> str:
     """'step 620/992 (epoch 10.00): loss 0.7660  train accuracy 70.5 %  10.40 steps/s
     (666 images/s)  input wait 8 %  about 1 min 05 s left' from a log window's means."""
-    minutes, seconds = divmod(round(seconds_left), 60)
-    hours, minutes = divmod(minutes, 60)
-    left = (f"{hours} h {minutes:02d} min" if hours else
-            f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s")
     return (f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): loss "
             f"{means['loss']:.4f}  train accuracy {100 * means['train_accuracy']:.1f} %  "
             f"{means['steps_per_second']:.2f} steps/s ({means['images_per_second']:.0f} "
-            f"images/s)  input wait {100 * means['input_wait_fraction']:.0f} %  about {left} "
-            f"left")
+            f"images/s)  input wait {100 * means['input_wait_fraction']:.0f} %  about "
+            f"{_duration(seconds_left)} left")
+
+
+def _duration(seconds: float) -> str:
+    """'5 h 12 min', '1 min 05 s' or '42 s'."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours} h {minutes:02d} min" if hours else
+            f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s")
 
 
 def _close(ckpt: Checkpointer, train_iter) -> None:
@@ -523,7 +541,8 @@ def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, e
         if at_step is None:  # no evaluation has run, so there is no best checkpoint
             continue
         for split, data in opened.items():
-            cm = evaluate(model, eval_step, data, config, data_sharding, len(class_names))
+            cm = evaluate(model, eval_step, data, config, data_sharding, len(class_names),
+                          split)
             summary = metrics_lib.accuracy_summary(cm)
             out[split][which] = {
                 "step": int(at_step), **metrics_lib.headline(summary),

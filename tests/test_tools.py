@@ -1,8 +1,10 @@
 """Configs, the command-line entry points, evaluate and predict on a trained tiny workdir."""
 
 import json
+import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -86,8 +88,15 @@ def trained(tmp_path_factory):
     return workdir
 
 
-def test_evaluate_writes_table_and_picture(trained):
-    result = evaluate.evaluate_workdir(str(trained), split="test", which="latest")
+def test_evaluate_writes_table_and_picture(trained, monkeypatch, caplog):
+    monkeypatch.setattr(train, "PROGRESS_LINE_EVERY_S", 0.0)  # a line after every batch
+    with caplog.at_level(logging.INFO, logger="ferjax"):
+        result = evaluate.evaluate_workdir(str(trained), split="test", which="latest")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluating")]
+    # 70 images in batches of 32: no line after the first (its pace includes compiling) or
+    # the last.
+    assert len(lines) == 1 and re.fullmatch(
+        r"evaluating synthetic_fer/test: batch 2/3, about \d+ s left", lines[0]), lines
     out = pathlib.Path(result["output_dir"])
     assert (out / "confusion_matrix.png").exists() and (out / "per_class.txt").exists()
     assert np.asarray(result["confusion_matrix"]).sum() == 70  # every test image once
