@@ -287,6 +287,97 @@ def _progress(total: int, initial: int, enabled: bool):
                 desc="train", mininterval=1.0)
 
 
+class _TrainLog:
+    """The train metrics of the steps since the last flush. Each flush (a log window) writes
+    their means with the step rate and the share of the window spent waiting for input,
+    updates the progress bar or, without one, logs a progress line at most every
+    PROGRESS_LINE_EVERY_S, and stops the run on a non-finite step as the config says."""
+
+    def __init__(self, config, writer, total_steps: int, steps_per_epoch: int,
+                 start_step: int, is_writer: bool):
+        self.config, self.writer = config, writer
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.bar = _progress(total_steps, start_step, is_writer and config.train.progress_bar)
+        self.log_lines = is_writer and self.bar is None
+        self.pending: list[dict] = []  # the window's metrics, still on the device
+        self.nonfinite_steps: list[int] = []
+        # Seconds the loop waited for batches this window. The device can only starve for
+        # input while the host waits there, so its share of the window bounds that idle time.
+        self.input_wait = 0.0
+        self.window_start = self.line_logged_at = time.time()
+        self.pace_from = None  # (time, step) the time left is paced from
+
+    def add(self, metrics: dict) -> None:
+        self.pending.append(metrics)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def restart_window(self) -> None:
+        """Leaves the time since the last flush (evaluation, saving) out of the next rate."""
+        self.window_start = time.time()
+
+    def message(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else log.info)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def flush(self, at_step: int) -> None:
+        if not self.pending:
+            return
+        fetched = jax.device_get(self.pending)
+        now = time.time()
+        window = max(now - self.window_start, 1e-9)
+        self.nonfinite_steps += [at_step - len(fetched) + i + 1
+                                 for i, m in enumerate(fetched) if not bool(m["finite"])]
+        means = {k: float(np.mean([m[k] for m in fetched if bool(m["finite"])] or [np.nan]))
+                 for k in fetched[0] if k != "finite"}
+        rate = len(fetched) / window
+        means.update(lr=current_lr(self.config.optim, at_step, self.steps_per_epoch,
+                                   self.total_steps),
+                     steps_per_second=rate,
+                     images_per_second=rate * self.config.train.batch_size,
+                     input_wait_fraction=min(self.input_wait / window, 1.0))
+        self.writer.write_scalars(at_step, {f"train/{k}": v for k, v in means.items()})
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{means['loss']:.3f}",
+                                 acc=f"{means['train_accuracy']:.3f}",
+                                 input_wait=f"{100 * means['input_wait_fraction']:.0f}%")
+        elif self.log_lines:
+            self._log_progress(at_step, means, now)
+        self.pending, self.window_start, self.input_wait = [], time.time(), 0.0
+        self._check_nonfinite()
+
+    def _log_progress(self, at_step: int, means: dict, now: float) -> None:
+        if self.pace_from is None:  # the first window holds the compilation: no line
+            self.pace_from = (now, at_step)
+        elif now - self.line_logged_at >= PROGRESS_LINE_EVERY_S:
+            self.line_logged_at = now
+            # Time left at the wall-clock pace since the first window, evaluations and
+            # checkpoints included; the rate shown is the window's, training alone.
+            started, from_step = self.pace_from
+            left = (self.total_steps - at_step) * (now - started) / max(at_step - from_step, 1)
+            log.info(_progress_line(at_step, self.total_steps, self.steps_per_epoch, means,
+                                    left))
+
+    def _check_nonfinite(self) -> None:
+        if not self.nonfinite_steps:
+            return
+        first, train_cfg = self.nonfinite_steps[0], self.config.train
+        if train_cfg.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"loss or gradients became NaN/Inf at step {first}; the update was "
+                f"discarded and no checkpoint was written after it. Lower the learning "
+                f"rate or set config.train.on_nonfinite='skip'.")
+        log.warning("skipped %d non-finite steps so far (first at step %d)",
+                    len(self.nonfinite_steps), first)
+        if len(self.nonfinite_steps) > train_cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{len(self.nonfinite_steps)} steps had NaN/Inf loss (first at step {first}), "
+                f"more than config.train.max_nonfinite_steps={train_cfg.max_nonfinite_steps}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
@@ -308,18 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model, optimizer = replicated_model_and_optimizer(config, mesh, num_classes,
                                                       steps_per_epoch, total_steps)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    try:
-        start_step = ckpt.resume(model, optimizer) or 0
-    except ValueError as e:
-        ckpt.close()
-        changes = run_records.changes_since_saved(config, workdir)
-        if changes and not isinstance(e, DamagedCheckpointError):
-            raise ValueError(f"{e}\nThe config differs from the workdir's config.json in: "
-                             f"{'; '.join(changes)}") from e
-        raise
-    except BaseException:
-        ckpt.close()
-        raise
+    start_step = _resume(ckpt, model, optimizer, config, workdir)
     if start_step:
         run_records.warn_about_config_changes(config, workdir, start_step)
     if is_writer:
@@ -351,67 +431,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     base_key = jax.random.key(config.seed)
     class_weights = jnp.asarray(weights)
     rebalance_weights = jnp.asarray(rebalance)
-    pending: list[dict] = []
-    nonfinite_steps: list[int] = []
-    bar = _progress(total_steps, start_step, is_writer and config.train.progress_bar)
+    train_log = _TrainLog(config, writer, total_steps, steps_per_epoch, start_step, is_writer)
     last_cm = None
     step = start_step
-    t_log = time.time()
-    # Seconds the loop waited for batches this log window. The device can only starve for
-    # input while the host waits here, so its share of the window bounds that idle time.
-    input_wait = 0.0
-    lines = {"logged_at": time.time()}  # progress lines, when there is no bar
 
     def save(at_step):
         writer.flush()  # the metrics up to a checkpoint are stored before it
         ckpt.save(at_step, model, optimizer)
-
-    def flush_train_metrics(at_step):
-        nonlocal pending, t_log, input_wait
-        if not pending:
-            return
-        fetched = jax.device_get(pending)
-        window = max(time.time() - t_log, 1e-9)
-        for i, m in enumerate(fetched):
-            if not bool(m["finite"]):
-                nonfinite_steps.append(at_step - len(fetched) + i + 1)
-        means = {k: float(np.mean([m[k] for m in fetched if bool(m["finite"])] or [np.nan]))
-                 for k in fetched[0] if k != "finite"}
-        rate = len(fetched) / window
-        means.update(lr=current_lr(config.optim, at_step, steps_per_epoch, total_steps),
-                     steps_per_second=rate,
-                     images_per_second=rate * config.train.batch_size,
-                     input_wait_fraction=min(input_wait / window, 1.0))
-        writer.write_scalars(at_step, {f"train/{k}": v for k, v in means.items()})
-        if bar is not None:
-            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
-                            input_wait=f"{100 * means['input_wait_fraction']:.0f}%")
-        elif is_writer:
-            now = time.time()
-            if "since" not in lines:  # the first window holds the compilation: no line
-                lines["since"] = (now, at_step)
-            elif now - lines["logged_at"] >= PROGRESS_LINE_EVERY_S:
-                lines["logged_at"] = now
-                # Time left at the wall-clock pace since the first window, evaluations and
-                # checkpoints included; the rate shown is the window's, training alone.
-                started, from_step = lines["since"]
-                left = (total_steps - at_step) * (now - started) / max(at_step - from_step, 1)
-                log.info(_progress_line(at_step, total_steps, steps_per_epoch, means, left))
-        pending, t_log, input_wait = [], time.time(), 0.0
-        if nonfinite_steps:
-            first = nonfinite_steps[0]
-            if config.train.on_nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"loss or gradients became NaN/Inf at step {first}; the update was "
-                    f"discarded and no checkpoint was written after it. Lower the learning "
-                    f"rate or set config.train.on_nonfinite='skip'.")
-            log.warning("skipped %d non-finite steps so far (first at step %d)",
-                        len(nonfinite_steps), first)
-            if len(nonfinite_steps) > config.train.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{len(nonfinite_steps)} steps had NaN/Inf loss (first at step {first}), "
-                    f"more than config.train.max_nonfinite_steps="
-                    f"{config.train.max_nonfinite_steps}")
 
     def run_eval(at_step):
         nonlocal last_cm
@@ -439,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         history.append(record)
         if is_writer:
             run_records.append_evaluation(workdir, record)
-        (bar.write if bar is not None else log.info)(message)
+        train_log.message(message)
         ckpt.save_if_best(at_step, model, optimizer, record)
         return summary
 
@@ -452,19 +478,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 alpha = cumulative_alpha(epoch, total_epochs, config.loss.bbn_alpha_rule)
                 waited_from = time.time()
                 batch = to_global(next(train_iter), data_sharding)
-                input_wait += time.time() - waited_from
+                train_log.input_wait += time.time() - waited_from
                 state, metrics = train_step(state, batch, jnp.int32(step), base_key,
                                             jnp.float32(alpha), class_weights,
                                             rebalance_weights)
-                pending.append(metrics)
+                train_log.add(metrics)
                 step += 1
-                if bar is not None:
-                    bar.update(1)
                 stop = preemption.check(step)
                 boundary = step % eval_every == 0 or step % ckpt_every == 0 \
                     or step == total_steps or stop
                 if step % config.train.log_every_steps == 0 or boundary:
-                    flush_train_metrics(step)
+                    train_log.flush(step)
                 if boundary:  # evaluation and checkpoints read the objects
                     write_back(state)
                 if step % eval_every == 0 or step == total_steps:
@@ -473,7 +497,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % ckpt_every == 0 or step == total_steps or stop or early_stopped:
                     save(step)
                 if boundary:  # the next window's rate leaves out evaluation and saving
-                    t_log = time.time()
+                    train_log.restart_window()
                 if stop:
                     log.warning("stopped at step %d after %s; rerun the same command to "
                                 "resume", step, preemption.signal_name)
@@ -485,23 +509,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if final_splits and (step >= total_steps or early_stopped) and last_cm is not None:
                 finals = _evaluate_final_splits(config, builder, final_splits, model, ckpt,
                                                 eval_step, data_sharding,
-                                                eval_split.class_names, step)
-                writer.write_scalars(step, {
-                    f"final/{split}/{which}/{metric}": r[metric]
-                    for split, by_checkpoint in finals.items()
-                    for which, r in by_checkpoint.items()
-                    for metric in metrics_lib.HEADLINE})
+                                                eval_split.class_names, step, writer)
             result = run_records.final_summary(
                 config, workdir, history, last_cm, eval_split.class_names, step, total_steps,
-                preemption.stop, nonfinite_steps, finals, early_stopped,
+                preemption.stop, train_log.nonfinite_steps, finals, early_stopped,
                 run_records.tracked_summary(history, ckpt.best_step()))
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
-            if bar is not None:
-                bar.close()
+            train_log.close()
             writer.close()
             _close(ckpt, train_iter)
     return result
+
+
+def _resume(ckpt: Checkpointer, model, optimizer, config, workdir: str) -> int:
+    """Restores the latest checkpoint into `model` and `optimizer`; returns its step (0
+    when there is none). A checkpoint that does not fit is reported with the config fields
+    that changed since the workdir was trained; `ckpt` is closed on any error."""
+    try:
+        return ckpt.resume(model, optimizer) or 0
+    except ValueError as e:
+        ckpt.close()
+        changes = run_records.changes_since_saved(config, workdir)
+        if changes and not isinstance(e, DamagedCheckpointError):
+            raise ValueError(f"{e}\nThe config differs from the workdir's config.json in: "
+                             f"{'; '.join(changes)}") from e
+        raise
+    except BaseException:
+        ckpt.close()
+        raise
 
 
 def _progress_line(step: int, total_steps: int, steps_per_epoch: int, means: dict,
@@ -531,9 +567,10 @@ def _close(ckpt: Checkpointer, train_iter) -> None:
 
 
 def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, eval_step,
-                           data_sharding, class_names, step: int) -> dict:
+                           data_sharding, class_names, step: int, writer) -> dict:
     """{split: {'last' | 'best': metrics}} of each of `splits` of `builder` with the
-    trained model and then the best checkpoint (restored into `model`: training is over)."""
+    trained model and then the best checkpoint (restored into `model`: training is over);
+    the headline metrics also go to `writer` as final/<split>/<last|best>/<metric>."""
     opened = {split: sources.open_eval_split(builder, config.data, split) for split in splits}
     out: dict[str, dict] = {split: {} for split in splits}
     for which in ("last", "best"):
@@ -551,5 +588,9 @@ def _evaluate_final_splits(config, builder, splits, model, ckpt: Checkpointer, e
                 "confusion_matrix": cm.tolist()}
             log.info("%s with the %s model (step %d):\n%s", split, which, at_step,
                      metrics_lib.per_class_table(summary, class_names))
+    writer.write_scalars(step, {f"final/{split}/{which}/{metric}": r[metric]
+                                for split, by_checkpoint in out.items()
+                                for which, r in by_checkpoint.items()
+                                for metric in metrics_lib.HEADLINE})
     return out
 
