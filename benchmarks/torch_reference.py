@@ -301,3 +301,97 @@ class TorchBaseline(nn.Module):
 
     def loss(self, x, y):
         return F.cross_entropy(self.net(x), y)
+
+
+class TorchSwinBlock(nn.Module):
+    """Swin block on (B, H, W, C) tokens; module names as in the Swin reference code."""
+
+    def __init__(self, dim, heads, size, window, shift):
+        super().__init__()
+        self.window, self.shift = min(window, size), (0 if size <= window else shift)
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        w = self.window
+        self.attn.relative_position_bias_table = nn.Parameter(
+            0.02 * torch.randn((2 * w - 1) ** 2, heads))
+        ys, xs = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        self.register_buffer("index", (ys[:, None] - ys[None] + w - 1) * (2 * w - 1)
+                             + xs[:, None] - xs[None] + w - 1, persistent=False)
+        region = torch.zeros(size, size)
+        if self.shift:
+            cuts = [0, size - w, size - self.shift, size]
+            for i in range(3):
+                for j in range(3):
+                    region[cuts[i]:cuts[i + 1], cuts[j]:cuts[j + 1]] = 3 * i + j
+        region = self._windows(region[None, :, :, None])[..., 0]  # (nW, w²)
+        self.register_buffer("mask", (region[:, :, None] != region[:, None]).float() * -100,
+                             persistent=False)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2 = (nn.Linear(dim, 4 * dim), nn.GELU(),
+                                                    nn.Linear(4 * dim, dim))
+
+    def _windows(self, x):
+        b, h, wd, c = x.shape
+        w = self.window
+        return x.view(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+
+    def forward(self, x):
+        b, h, wd, c = x.shape
+        w, s = self.window, self.shift
+        y = torch.roll(self.norm1(x), (-s, -s), (1, 2))
+        t = self._windows(y)
+        qkv = self.attn.qkv(t).view(t.shape[0], w * w, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) * (c // self.heads) ** -0.5
+        scores = scores + self.attn.relative_position_bias_table[self.index].permute(2, 0, 1)
+        n_w = self.mask.shape[0]
+        scores = scores.view(b, n_w, self.heads, w * w, w * w) + self.mask[None, :, None]
+        out = (scores.view(-1, self.heads, w * w, w * w).softmax(-1) @ v)
+        out = self.attn.proj(out.transpose(1, 2).reshape(-1, w * w, c))
+        out = out.view(b, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, wd, c)
+        x = x + torch.roll(out, (s, s), (1, 2))
+        return x + self.mlp(self.norm2(x))
+
+
+class TorchSwin(nn.Module):
+    """MEK's Swin-T trunk plus its extra LayerNorm (`norm`) and a linear classifier
+    (`fc`, the name ferjax's linear head imports from); returns logits."""
+
+    def __init__(self, num_classes=7, image_size=112, patch=2, dim=96, depths=(2, 2, 6, 2),
+                 heads=(3, 6, 12, 24), window=7):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
+        self.patch_embed.norm = nn.LayerNorm(dim)
+        size = image_size // patch
+        self.layers = nn.ModuleList()
+        for i, (depth, n_heads) in enumerate(zip(depths, heads)):
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList(TorchSwinBlock(dim, n_heads, size, window,
+                                                        (j % 2) * (window // 2))
+                                         for j in range(depth))
+            if i < len(depths) - 1:
+                stage.downsample = nn.Module()
+                stage.downsample.norm = nn.LayerNorm(4 * dim)
+                stage.downsample.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+                dim, size = 2 * dim, size // 2
+            self.layers.append(stage)
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def features(self, x):
+        x = self.patch_embed.norm(self.patch_embed.proj(x).permute(0, 2, 3, 1))
+        for stage in self.layers:
+            for block in stage.blocks:
+                x = block(x)
+            if hasattr(stage, "downsample"):
+                x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
+                               x[:, 1::2, 1::2]], -1)
+                x = stage.downsample.reduction(stage.downsample.norm(x))
+        return self.norm(x)  # (N, h, w, C)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((1, 2)))

@@ -4,12 +4,16 @@
     python -m ferjax.main --config configs/rafdb.py:rul_cbam --workdir runs/rafdb_rul_cbam
     python -m ferjax.main --config configs/rafdb.py:mek --workdir runs/rafdb_mek
     python -m ferjax.main --config configs/rafdb.py:mek_claimed --workdir runs/rafdb_mek_claimed
+    python -m ferjax.main --config configs/rafdb.py:mek_swin --workdir runs/rafdb_mek_swin \
+        --config.model.pretrained=swin_msceleb.pth    # MEK's official Swin-T recipe
     python -m ferjax.main --config configs/rafdb.py:rlrcnet --workdir runs/rafdb_rlrcnet
 
 Targets (papers, not measured here): RUL ResNet-18 88.98 % overall (method 1 should match
 it with a higher mean class accuracy); MEK ResNet-18 89.77 % overall / 82.44 % mean class
-(second-hand); RLR-CNet 87.93 %. The ResNet presets expect MS-Celeb-1M face weights
-(`--config.model.pretrained=resnet18_msceleb.pth`, keys torchvision-style); see README.
+(second-hand); MEK Swin-T 92.70 % / 88.34 % (official log); RLR-CNet 87.93 %. The ResNet
+presets expect MS-Celeb-1M face weights (`--config.model.pretrained=resnet18_msceleb.pth`,
+keys torchvision-style), mek_swin MEK's MS-Celeb-1M Swin-T file (keys as in the Swin
+code); see README. mek_swin lacks MEK's RandAugment (not in ferjax yet).
 Noisy-label runs as in EAC: `--config.data.train_label_file=~/data/RAF-DB/noise01.txt`
 (EAC's 10 % file; noise02 / noise03 for 20 / 30 %); paper reference point: EAC ResNet-18
 88.02 % at 10 % noise (spec §3.8).

@@ -8,7 +8,7 @@ at 64 px for 16 epochs, evaluating on the long-tailed test split after each: abo
 minutes on 2 CPU cores for the default baseline preset (measured; README has the numbers).
 The other presets train 48 epochs (6-14 minutes), the length their validation accuracy
 asked for.
-Presets: baseline (default), rul_cbam, mek, mek_claimed, rlrcnet. 'smoke' shrinks
+Presets: baseline (default), rul_cbam, mek, mek_claimed, mek_swin, rlrcnet. 'smoke' shrinks
 everything to a few steps (tests). Choose hyperparameters with
 --config.data.eval_split=validation.
 """
@@ -58,6 +58,14 @@ def get_config(arg=None):
         # (inv_norm_K 61.9 / 61.3 %, none 59.0 %); at 48 epochs 73.9 %.
         c.optim.classifier_lr_multiplier = 1.0
         c.loss.class_weight = "sqrt_inv"
+    if c.model.name == "swin_t":
+        # A narrow Swin for 64 px (mek_swin; its accuracy here is not measured yet): 4×4
+        # patches, 16² -> 8² -> 4² tokens in 4×4 windows; epochs and schedule as above.
+        c.model.update(dict(patch_size=4, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
+                            window=4))
+        c.data.image_size = 64
+        c.train.num_steps = c.train.eval_every_steps = -1
+        c.optim.warmup_steps = 0
     c.model.width_mult = 0.5  # ShuffleNet-based presets use the 0.5x trunk here
     if c.model.name == "rlrcnet":
         c.model.sa_groups = 2   # 2G must divide the 0.5x stage-4 width (192)

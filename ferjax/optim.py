@@ -25,7 +25,7 @@ def learning_rate_schedule(cfg, base_lr: float, steps_per_epoch: int,
     cosine: to min_lr at total_steps; multistep: × decay_rate at each of `milestones` (epochs).
     """
     name = cfg.schedule
-    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    warmup = int(cfg.get("warmup_steps", 0) or cfg.get("warmup_epochs", 0) * steps_per_epoch)
     if name == "constant":
         main = optax.constant_schedule(base_lr)
     elif name == "exponential":

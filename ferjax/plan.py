@@ -91,9 +91,10 @@ def warn_if_flip_consistency_unattainable(config) -> None:
     """Logs a warning when 'flip_pair' runs at an input side where the CAMs of an image and
     its mirror cannot agree: both trunks downsample by 2 five times, and only at sides
     32m + 1 does every stride-2 layer see an odd map, so that a mirrored image lands on the
-    mirrored grid (tests/test_models.py)."""
+    mirrored grid (tests/test_models.py). Swin's patches and 2×2 merges always tile its
+    (even) grids symmetrically, so it gets no warning."""
     side = config.data.image_size
-    if config.loss.forward == "flip_pair" and (side - 1) % 32:
+    if config.loss.forward == "flip_pair" and (side - 1) % 32 and config.model.name != "swin_t":
         log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
                     "of an image and its mirror sit on offset grids and cannot agree exactly; "
                     "sides 32m + 1 (e.g. %d) make attention consistency attainable",

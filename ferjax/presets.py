@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-METHODS = ("baseline", "rul_cbam", "mek", "mek_claimed", "rlrcnet")
+METHODS = ("baseline", "rul_cbam", "mek", "mek_claimed", "mek_swin", "rlrcnet")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_workers = 0               # grain worker processes (0 = read in the main process)
 
     c.model = m = ml_collections.ConfigDict()
-    m.name = "resnet18"             # 'resnet18', 'shufflenet_v2' or 'rlrcnet'
+    m.name = "resnet18"             # 'resnet18', 'shufflenet_v2', 'rlrcnet' or 'swin_t'
     m.head = placeholder(str)       # 'linear', 'rul', 'dual_branch'; None = the model's default
     m.dtype = "float32"             # compute dtype, 'float32' or 'bfloat16' (params stay fp32)
     m.width = 64                    # ResNet first-stage channels
@@ -57,6 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.beta = 1.5                    # β of β-Mish
     m.sa_placement = placeholder(str)  # 'none', 'last', 'stages', 'branch'; None = default
     m.sa_groups = 8                 # Shuffle Attention groups (2G must divide the channels)
+    m.patch_size = 2                # Swin patch side (MEK: 2 at 112 px; ImageNet: 4 at 224)
+    m.embed_dim = 96                # Swin first-stage channels (Swin-T 96)
+    m.depths = (2, 2, 6, 2)         # Swin blocks per stage
+    m.num_heads = (3, 6, 12, 24)    # Swin attention heads per stage
+    m.window = 7                    # Swin attention window side
+    m.drop_path = 0.1               # Swin stochastic depth at the last block (linear from 0)
     m.dropout = 0.0                 # dropout before the linear classifier
     m.rul_dim = 64                  # RUL feature dimension
     m.rul_dropout = 0.4             # RUL branch dropout
@@ -107,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.decay_rate = 0.9              # exponential: per-epoch factor; multistep: factor per milestone
     o.milestones = (120, 160)       # multistep epochs
     o.warmup_epochs = 0.0           # linear warm-up length
+    o.warmup_steps = 0              # linear warm-up length in steps; overrides warmup_epochs
     o.warmup_start_factor = 0.0     # warm-up starts at lr · this
     o.min_lr = 0.0                  # cosine floor
     o.clip_norm = 0.0               # global-norm gradient clipping; 0 = off
@@ -167,6 +174,30 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
         c.loss.terms = ml_collections.ConfigDict({"rsl": 1.0, "rac": 2.0})
         c.loss.rsl_epsilon = 0.1
         c.optim.lr = 1e-4
+    elif method == "mek_swin":
+        # MEK's official code (spec §3.4-3.7): Swin-T on 112 px faces, AdamW 3.125e-5 with
+        # wd 0.05 on all parameters, 2,000 warm-up steps from lr/1000, cosine to lr/100 at
+        # 60,000 steps of batch 32, gradients clipped at norm 5, evaluation every 1,000
+        # steps; flip, (0.5, 0.5) normalisation, timm's pixel-noise erasing (p 0.25). Not
+        # reproduced: RandAugment (rand-m9-mstd0.5-inc1), which ferjax does not have yet.
+        apply_method(c, "mek")
+        c.method = method
+        c.model.name = "swin_t"
+        # From MEK's MS-Celeb-1M Swin file: the encoder only (its final LayerNorm and face
+        # head are unused there; MEK adds a fresh LayerNorm and the 7-class classifier).
+        c.model.pretrained_exclude = (r"^fc\.", r"^norm\.", r"^feature\.")
+        c.data.image_size = 112
+        c.augment.ops = ("flip", "normalize", "erase")
+        c.augment.normalize = ml_collections.ConfigDict({"mean": (0.5,) * 3, "std": (0.5,) * 3})
+        c.augment.erase = ml_collections.ConfigDict({"prob": 0.25, "area": (0.02, 1 / 3),
+                                                     "aspect": (0.3, 1 / 0.3),
+                                                     "fill": "random"})
+        c.optim.update(name="adamw", lr=3.125e-5, weight_decay=0.05, decay_all=True,
+                       schedule="cosine", min_lr=3.125e-7, warmup_steps=2000,
+                       warmup_start_factor=1e-3, clip_norm=5.0)
+        c.train.batch_size = 32
+        c.train.num_steps = 60_000
+        c.train.eval_every_steps = 1000
     elif method == "rlrcnet":  # RLR-CNet (spec §4)
         c.model.name = "rlrcnet"
         c.model.head = "dual_branch"

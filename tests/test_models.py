@@ -17,6 +17,9 @@ from ferjax.models.layers import conv as conv_layer
 
 TINY_RESNET = dict(width=8)
 TINY_SHUFFLE = dict(channels=(16, 32, 64, 128), stem_width=8, sa_groups=2)
+# At 32 px: 8×8 patches in shifted 4×4 windows, then one 4×4 window.
+TINY_SWIN = dict(patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2), window=4)
+TINY = {"resnet18": TINY_RESNET, "swin_t": TINY_SWIN}
 
 
 def abstract(cfg, image_size=224, num_classes=7):
@@ -42,9 +45,14 @@ def abstract(cfg, image_size=224, num_classes=7):
     (dict(name="rlrcnet", head="linear", sa_placement="none"), 958_645),
     (dict(name="rlrcnet", sa_placement="none"), 1_026_365),
     (dict(name="rlrcnet"), 1_026_365 + 174),   # + SA with G=8 on 464 channels
+    # Swin-T's published count with 1000 classes, 4×4 patches at 224 px (its final
+    # LayerNorm is MEK's extra one); MEK's: 2×2 patches (3·4·96 fewer weights), 7 classes.
+    (dict(name="swin_t", patch_size=4), 28_288_354 - 769_000 + 5_383),
+    (dict(name="swin_t"), 28_288_354 - 769_000 + 5_383 - 3_456),
 ])
 def test_parameter_counts(cfg, expected):
-    assert count_params(abstract(cfg)) == expected
+    size = 112 if cfg == dict(name="swin_t") else 224
+    assert count_params(abstract(cfg, image_size=size)) == expected
 
 
 def test_rlrcnet_default_is_about_one_million():
@@ -57,9 +65,9 @@ def test_rlrcnet_default_is_about_one_million():
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("head", HEADS.names())
 def test_every_model_and_head_runs_from_its_config_name(name, head):
-    tiny = TINY_RESNET if name == "resnet18" else TINY_SHUFFLE
+    tiny = TINY.get(name, TINY_SHUFFLE)
     cfg = ml_collections.ConfigDict(dict(name=name, head=head, **tiny))
-    if head == "dual_branch" and name == "resnet18":
+    if head == "dual_branch" and name in ("resnet18", "swin_t"):
         with pytest.raises(ValueError, match="dual_branch"):
             build_model(cfg, num_classes=5, image_size=32, rngs=nnx.Rngs(0))
         return
@@ -76,7 +84,7 @@ def test_every_model_and_head_runs_from_its_config_name(name, head):
         out = model(jnp.concatenate([x, x]), alpha=0.7, split_batch=True)
     else:
         out = model(x, return_cam=True)
-        assert out["cam"].shape == (4, 1, 1, 5)
+        assert out["cam"].shape == ((4, 4, 4, 5) if name == "swin_t" else (4, 1, 1, 5))
     assert out["logits"].shape == (4, 5) and out["logits"].dtype == jnp.float32
     model.eval()
     assert model(x)["logits"].shape == (4, 5)

@@ -41,6 +41,39 @@ def test_torchvision_weights_give_the_same_logits_as_pytorch(arch):
     assert np.max(np.abs(got - expected)) < 1e-4
 
 
+def test_swin_weights_in_the_reference_layout_give_the_same_logits_as_pytorch():
+    """A narrow Swin at 56 px (28² and 14² grids in shifted 7×7 windows, then one 7×7
+    window) with random weights, LayerNorms included, keyed as the Swin reference code
+    keys them; its derived buffers (relative_position_index, attn_mask) are skipped."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_reference import TorchSwin
+
+    torch.manual_seed(0)
+    ref = TorchSwin(image_size=56, dim=16, depths=(2, 2, 2), heads=(2, 2, 4))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    images = np.random.default_rng(0).normal(size=(2, 3, 56, 56)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(images)).numpy()
+    model = build_model(ml_collections.ConfigDict(dict(
+        name="swin_t", embed_dim=16, depths=(2, 2, 2), num_heads=(2, 2, 4))),
+        num_classes=7, image_size=56, rngs=nnx.Rngs(3))
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    state["layers.0.blocks.1.attn.relative_position_index"] = np.zeros((49, 49), np.int64)
+    state["layers.0.blocks.1.attn_mask"] = np.zeros((16, 49, 49), np.float32)
+    report = import_state_dict(model, state)
+    assert not report.missing and not report.unexpected
+    assert {"layers.1.blocks.1.attn.relative_position_bias_table",
+            "layers.1.downsample.reduction.weight", "patch_embed.proj.weight",
+            "norm.weight"} <= set(report.loaded)
+    got = _eval_logits(model, images.transpose(0, 2, 3, 1))
+    assert np.max(np.abs(got - expected)) < 1e-4
+    exported = export_state_dict(model)
+    np.testing.assert_array_equal(exported["layers.2.blocks.0.attn.relative_position_bias_table"],
+                                  state["layers.2.blocks.0.attn.relative_position_bias_table"])
+
+
 def test_pth_file_loads_through_torch(tmp_path):
     torch = pytest.importorskip("torch")
     from benchmarks.torch_reference import TorchResNet18

@@ -53,7 +53,7 @@ def tensorboard_tags(directory: pathlib.Path) -> tuple[set[str], set[str]]:
     return scalars, images
 
 
-@pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "rlrcnet"])
+@pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "mek_swin", "rlrcnet"])
 def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     config = load_config(f"{method},smoke", data_dir)
     if method == "rlrcnet":  # the host batches at 24 px, the step resizes both streams to 32

@@ -23,6 +23,7 @@ from ferjax.models.attention import ShuffleAttention
 from ferjax.models.heads import DualBranchHead, LinearHead, RULHead, class_activation_maps
 from ferjax.models.resnet import ResNet18
 from ferjax.models.shufflenet import ShuffleNetV2, ShuffleUnit, UnitSpec
+from ferjax.models.swin import SwinTransformer
 from ferjax.registry import Registry
 
 __all__ = ["FERModel", "build_model", "MODELS", "HEADS", "class_activation_maps",
@@ -57,7 +58,8 @@ MODELS: Registry[Callable[..., Backbone]] = Registry("model")
 HEADS: Registry[Callable[..., nnx.Module]] = Registry("head")
 
 # Default head of each model.
-DEFAULT_HEAD = {"resnet18": "linear", "shufflenet_v2": "linear", "rlrcnet": "dual_branch"}
+DEFAULT_HEAD = {"resnet18": "linear", "shufflenet_v2": "linear", "rlrcnet": "dual_branch",
+                "swin_t": "linear"}
 
 
 def _field(cfg, name: str, default: Any) -> Any:
@@ -67,14 +69,31 @@ def _field(cfg, name: str, default: Any) -> Any:
 
 @MODELS.register("resnet18")
 def _resnet18(cfg, *, image_size: int, dual: bool, dtype, rngs: nnx.Rngs) -> Backbone:
-    if dual:
-        raise ValueError("model.head='dual_branch' needs a backbone with a held-out last "
-                         "block: use model.name 'shufflenet_v2' or 'rlrcnet'")
+    _no_dual_branch(dual)
     trunk = ResNet18(width=_field(cfg, "width", 64),
                      cbam_placement=_field(cfg, "cbam_placement", "none"),
                      cbam_reduction=_field(cfg, "cbam_reduction", 16),
                      cbam_gate_bias=_field(cfg, "cbam_gate_bias", 0.0), dtype=dtype, rngs=rngs)
     return Backbone(trunk, trunk.num_features, trunk.output_size(image_size))
+
+
+def _no_dual_branch(dual: bool) -> None:
+    if dual:
+        raise ValueError("model.head='dual_branch' needs a backbone with a held-out last "
+                         "block: use model.name 'shufflenet_v2' or 'rlrcnet'")
+
+
+@MODELS.register("swin_t")
+def _swin_t(cfg, *, image_size: int, dual: bool, dtype, rngs: nnx.Rngs) -> Backbone:
+    """MEK's official backbone (spec §3.4): Swin-T, 2×2 patches at 112 px, extra LayerNorm."""
+    _no_dual_branch(dual)
+    trunk = SwinTransformer(image_size=image_size, patch_size=_field(cfg, "patch_size", 2),
+                            embed_dim=_field(cfg, "embed_dim", 96),
+                            depths=tuple(_field(cfg, "depths", (2, 2, 6, 2))),
+                            num_heads=tuple(_field(cfg, "num_heads", (3, 6, 12, 24))),
+                            window=_field(cfg, "window", 7),
+                            drop_path=_field(cfg, "drop_path", 0.1), dtype=dtype, rngs=rngs)
+    return Backbone(trunk, trunk.num_features, trunk.output_side)
 
 
 def _shufflenet(cfg, *, image_size, dual, dtype, rngs, spec_defaults: dict,

@@ -4,7 +4,9 @@ Our modules use torchvision's attribute names, so a torch key such as
 `layer2.0.downsample.1.running_var` names the NNX variable
 `trunk.layer2[0].downsample.layers[1].var`. Conversion rules:
   conv weight (O, I/g, kh, kw) -> kernel (kh, kw, I/g, O); linear weight (O, I) -> kernel (I, O);
-  BN/GN weight -> scale, running_mean -> mean, running_var -> var; num_batches_tracked ignored.
+  BN/GN weight -> scale, running_mean -> mean, running_var -> var; num_batches_tracked and
+  Swin's relative_position_index / attn_mask (derived from the architecture) ignored.
+Swin (`swin_t`) keys are the Swin reference code's (`layers.0.blocks.1.attn.qkv.weight`).
 
 Files: `.npz` and `.safetensors` load without torch; `.pth`/`.pt` need torch and are read with
 `weights_only=True` (no code is unpickled). Convert once with
@@ -25,7 +27,12 @@ from flax import nnx
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                "var": "running_var"}
-_SKIPPED_TORCH_SUFFIXES = ("num_batches_tracked",)
+# Counters and constants derived from the architecture, which ferjax computes itself.
+_SKIPPED_TORCH_SUFFIXES = ("num_batches_tracked", "relative_position_index", "attn_mask")
+# Leaves named as in torch: Shuffle Attention's gates and Swin's bias table, which is
+# (offsets, heads) in both, not transposed like a linear weight.
+_KEPT_LEAVES = ("cweight", "cbias", "sweight", "sbias", "relative_position_bias_table")
+_UNTRANSPOSED = ("relative_position_bias_table",)
 
 
 @dataclasses.dataclass
@@ -48,19 +55,24 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def torch_key(path: tuple) -> str | None:
-    """Torch state-dict key of an NNX variable path, or None if it has no torch twin."""
-    parts = [str(p) for p in path if p not in ("trunk", "head", "layers")]
-    if not parts or parts[-1] not in _LEAF_NAMES and parts[-1] not in (
-            "cweight", "cbias", "sweight", "sbias"):
+def torch_key(path: tuple, sequentials: frozenset = frozenset()) -> str | None:
+    """Torch state-dict key of an NNX variable path, or None if it has no torch twin.
+    `sequentials` are the paths of the model's nnx.Sequential modules, whose inner `layers`
+    list torch does not name (`downsample.layers.1` is torch's `downsample.1`)."""
+    parts = [str(p) for i, p in enumerate(path) if p not in ("trunk", "head")
+             and not (p == "layers" and path[:i] in sequentials)]
+    if not parts or parts[-1] not in _LEAF_NAMES and parts[-1] not in _KEPT_LEAVES:
         return None
     parts[-1] = _LEAF_NAMES.get(parts[-1], parts[-1])
     return ".".join(parts)
 
 
-def _to_nnx_layout(value: np.ndarray, target_shape: tuple) -> np.ndarray | None:
-    """Converts a torch tensor to the NNX layout of `target_shape`; None if it cannot fit."""
-    if value.ndim == 4 and len(target_shape) == 4:
+def _to_nnx_layout(key: str, value: np.ndarray, target_shape: tuple) -> np.ndarray | None:
+    """Converts torch tensor `key` to the NNX layout of `target_shape`; None if it cannot
+    fit. Conv and linear weights are transposed, except Swin's bias table."""
+    if key.endswith(_UNTRANSPOSED):
+        pass
+    elif value.ndim == 4 and len(target_shape) == 4:
         value = value.transpose(2, 3, 1, 0)
     elif value.ndim == 2 and len(target_shape) == 2:
         value = value.T
@@ -72,9 +84,11 @@ def _to_nnx_layout(value: np.ndarray, target_shape: tuple) -> np.ndarray | None:
 def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     """Torch key -> NNX variable for every parameter and batch statistic of `model`."""
     out = {}
-    for path, node in nnx.iter_graph(model):
+    nodes = list(nnx.iter_graph(model))
+    sequentials = frozenset(path for path, node in nodes if isinstance(node, nnx.Sequential))
+    for path, node in nodes:
         if isinstance(node, (nnx.Param, nnx.BatchStat)):
-            key = torch_key(path)
+            key = torch_key(path, sequentials)
             if key is not None:
                 out[key] = node
     return out
@@ -113,7 +127,7 @@ def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *
             unexpected.append(key)
             continue
         target = variables[key]
-        converted = _to_nnx_layout(np.asarray(value), target[...].shape)
+        converted = _to_nnx_layout(key, np.asarray(value), target[...].shape)
         if converted is None:
             mismatched.append(f"{key} {tuple(np.shape(value))} vs {tuple(target[...].shape)}")
             continue
@@ -137,7 +151,9 @@ def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     out = {}
     for key, var in model_variables(model).items():
         value = np.asarray(var[...], dtype=np.float32)
-        if value.ndim == 4:
+        if key.endswith(_UNTRANSPOSED):
+            pass
+        elif value.ndim == 4:
             value = value.transpose(3, 2, 0, 1)
         elif value.ndim == 2:
             value = value.T
