@@ -31,7 +31,7 @@ def _dense(in_features: int, out_features: int, *, bias: bool = True, dtype=None
                       dtype=dtype, rngs=rngs)
 
 
-def _layer_norm(features: int, dtype=None, rngs: nnx.Rngs = None) -> nnx.LayerNorm:
+def _layer_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(features, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
