@@ -24,7 +24,7 @@ from ferjax.data import pipeline, sources
 from ferjax.losses import class_weights as class_weights_fn
 from ferjax.losses import rebalancing_weights
 from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
-from ferjax.models import DEFAULT_HEAD, build_model, count_params
+from ferjax.models import DEFAULT_HEAD, build_model, count_params, mirror_aligned
 from ferjax.presets import check_fields
 
 log = logging.getLogger("ferjax")
@@ -89,12 +89,10 @@ def host_image_size(data_cfg) -> int:
 
 def warn_if_flip_consistency_unattainable(config) -> None:
     """Logs a warning when 'flip_pair' runs at an input side where the CAMs of an image and
-    its mirror cannot agree: both trunks downsample by 2 five times, and only at sides
-    32m + 1 does every stride-2 layer see an odd map, so that a mirrored image lands on the
-    mirrored grid (tests/test_models.py). Swin's patches and 2×2 merges always tile its
-    (even) grids symmetrically, so it gets no warning."""
+    its mirror cannot agree: the model's feature grids of the two are offset
+    (`models.mirror_aligned`)."""
     side = config.data.image_size
-    if config.loss.forward == "flip_pair" and (side - 1) % 32 and config.model.name != "swin_t":
+    if config.loss.forward == "flip_pair" and not mirror_aligned(config.model.name, side):
         log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
                     "of an image and its mirror sit on offset grids and cannot agree exactly; "
                     "sides 32m + 1 (e.g. %d) make attention consistency attainable",

@@ -321,6 +321,7 @@ def test_flip_pair_warns_when_its_consistency_is_unattainable(caplog):
     config.data.image_size = 65
     with caplog.at_level("WARNING", logger="ferjax"):
         train.warn_if_flip_consistency_unattainable(config)
+        train.warn_if_flip_consistency_unattainable(load("rafdb.py", "mek_swin"))  # 112 px
     assert "image_size" not in caplog.text
 
 

@@ -27,7 +27,7 @@ from ferjax.models.swin import SwinTransformer
 from ferjax.registry import Registry
 
 __all__ = ["FERModel", "build_model", "MODELS", "HEADS", "class_activation_maps",
-           "count_params"]
+           "count_params", "mirror_aligned"]
 
 
 class FERModel(nnx.Module):
@@ -60,6 +60,14 @@ HEADS: Registry[Callable[..., nnx.Module]] = Registry("head")
 # Default head of each model.
 DEFAULT_HEAD = {"resnet18": "linear", "shufflenet_v2": "linear", "rlrcnet": "dual_branch",
                 "swin_t": "linear"}
+
+
+def mirror_aligned(name: str, image_size: int) -> bool:
+    """Whether a mirrored input lands on the mirrored feature grid of model `name`, so that
+    the CAMs of an image and its mirror can agree. The conv trunks downsample by 2 five
+    times, which keeps the grids aligned only at sides 32m + 1 (tests/test_models.py);
+    Swin's patches and 2×2 merges tile every grid its constructor accepts symmetrically."""
+    return name == "swin_t" or (image_size - 1) % 32 == 0
 
 
 def _field(cfg, name: str, default: Any) -> Any:

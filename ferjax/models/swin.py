@@ -186,7 +186,6 @@ class PatchEmbed(nnx.Module):
     """Non-overlapping p×p patches -> `dim` channels (a stride-p convolution), LayerNorm."""
 
     def __init__(self, patch_size: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
-        self.patch_size = patch_size
         self.proj = nnx.Conv(3, dim, (patch_size, patch_size), strides=patch_size,
                              padding="VALID", dtype=dtype, rngs=rngs)
         self.norm = _layer_norm(dim, dtype, rngs)
