@@ -13,7 +13,7 @@ it with a higher mean class accuracy); MEK ResNet-18 89.77 % overall / 82.44 % m
 (second-hand); MEK Swin-T 92.70 % / 88.34 % (official log); RLR-CNet 87.93 %. The ResNet
 presets expect MS-Celeb-1M face weights (`--config.model.pretrained=resnet18_msceleb.pth`,
 keys torchvision-style), mek_swin MEK's MS-Celeb-1M Swin-T file (keys as in the Swin
-code); see README. mek_swin lacks MEK's RandAugment (not in ferjax yet).
+code); see README.
 Noisy-label runs as in EAC: `--config.data.train_label_file=~/data/RAF-DB/noise01.txt`
 (EAC's 10 % file; noise02 / noise03 for 20 / 30 %); paper reference point: EAC ResNet-18
 88.02 % at 10 % noise (spec §3.8).

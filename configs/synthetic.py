@@ -62,9 +62,10 @@ def get_config(arg=None):
         # A narrow Swin for 64 px: 4×4 patches, 16² -> 8² -> 4² tokens in 4×4 windows;
         # epochs and schedule as above. From scratch on these 4,000 images it does not
         # learn: it predicted the majority class (38.90 / 14.29 %) for 14 epochs at this
-        # Adam 2e-3, and for 8 at AdamW 5e-4 with plain CE too (seed 0, 2026-12-01), while
-        # it fits a random batch like the ResNet does. mek_swin is meant for MEK's face-
-        # pretrained Swin-T on RAF-DB; here it only shows the parts run together.
+        # Adam 2e-3, and for 8 at AdamW 5e-4 with plain CE too (seed 0, 2026-12-01, before
+        # RandAugment was in the preset), while it fits a random batch like the ResNet
+        # does. mek_swin is meant for MEK's face-pretrained Swin-T on RAF-DB; here it only
+        # shows the parts run together.
         c.model.update(dict(patch_size=4, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
                             window=4))
         c.data.image_size = 64

@@ -94,6 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
                                                 "saturation": 0.2})
     a.erase = ml_collections.ConfigDict({"prob": 0.5, "area": (0.02, 0.25),
                                          "aspect": (0.3, 3.3), "fill": "zero"})
+    # timm's RandAugment rand-m9-mstd0.5-inc1: ops per image, magnitude N(9, 0.5) in [0, 10],
+    # each op with probability prob; resampling and grey fill as timm passes them to PIL.
+    a.rand_augment = ml_collections.ConfigDict({"num_layers": 2, "magnitude": 9.0,
+                                                "magnitude_std": 0.5, "magnitude_max": 10.0,
+                                                "prob": 0.5, "increasing": True,
+                                                "interpolation": "bicubic",
+                                                "fill": (128, 128, 128), "translate_pct": 0.45})
     a.random_mask = ml_collections.ConfigDict({"prob": 0.5, "max_patches": 3,
                                                "area": (0.02, 0.10), "aspect": (0.3, 3.3),
                                                "fill": "random"})
@@ -178,8 +185,8 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
         # MEK's official code (spec §3.4-3.7): Swin-T on 112 px faces, AdamW 3.125e-5 with
         # wd 0.05 on all parameters, 2,000 warm-up steps from lr/1000, cosine to lr/100 at
         # 60,000 steps of batch 32, gradients clipped at norm 5, evaluation every 1,000
-        # steps; flip, (0.5, 0.5) normalisation, timm's pixel-noise erasing (p 0.25). Not
-        # reproduced: RandAugment (rand-m9-mstd0.5-inc1), which ferjax does not have yet.
+        # steps; flip, RandAugment rand-m9-mstd0.5-inc1 (bicubic, fill 128 = the 0.5 mean),
+        # (0.5, 0.5) normalisation, timm's pixel-noise erasing (p 0.25).
         apply_method(c, "mek")
         c.method = method
         c.model.name = "swin_t"
@@ -187,7 +194,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
         # head are unused there; MEK adds a fresh LayerNorm and the 7-class classifier).
         c.model.pretrained_exclude = (r"^fc\.", r"^norm\.", r"^feature\.")
         c.data.image_size = 112
-        c.augment.ops = ("flip", "normalize", "erase")
+        c.augment.ops = ("flip", "rand_augment", "normalize", "erase")
         c.augment.normalize = ml_collections.ConfigDict({"mean": (0.5,) * 3, "std": (0.5,) * 3})
         c.augment.erase = ml_collections.ConfigDict({"prob": 0.25, "area": (0.02, 1 / 3),
                                                      "aspect": (0.3, 1 / 0.3),

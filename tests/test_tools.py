@@ -48,10 +48,11 @@ def test_rafdb_mek_presets_carry_the_two_recipes_of_the_spec():
         assert (c.train.batch_size, c.train.epochs, c.loss.forward) == (32, 60, "flip_pair")
 
 
-def test_rafdb_mek_swin_preset_is_the_official_recipe_but_randaugment():
+def test_rafdb_mek_swin_preset_is_the_official_recipe():
     """spec §3.6-3.7: Swin-T at 112 px, AdamW 3.125e-5 (wd 0.05) warmed up over 2,000 steps
     from 3.125e-8, cosine to 3.125e-7 at 60,000 steps of batch 32, clip 5, eval every
-    1,000; flip, (0.5, 0.5) normalisation, pixel-noise erasing at p 0.25."""
+    1,000; flip, RandAugment rand-m9-mstd0.5-inc1 with bicubic resampling and grey 128
+    fill, (0.5, 0.5) normalisation, pixel-noise erasing at p 0.25."""
     from ferjax.optim import learning_rate_schedule
     c = load("rafdb.py", "mek_swin")
     assert (c.model.name, c.data.image_size, c.model.patch_size, c.model.drop_path) == (
@@ -60,7 +61,11 @@ def test_rafdb_mek_swin_preset_is_the_official_recipe_but_randaugment():
     assert (c.optim.name, c.optim.weight_decay, c.optim.clip_norm) == ("adamw", 0.05, 5.0)
     assert (c.train.batch_size, c.train.num_steps, c.train.eval_every_steps) == (32, 60_000,
                                                                                  1000)
-    assert c.augment.ops == ("flip", "normalize", "erase")
+    assert c.augment.ops == ("flip", "rand_augment", "normalize", "erase")
+    assert c.augment.rand_augment.to_dict() == {
+        "num_layers": 2, "magnitude": 9.0, "magnitude_std": 0.5, "magnitude_max": 10.0,
+        "prob": 0.5, "increasing": True, "interpolation": "bicubic", "fill": (128, 128, 128),
+        "translate_pct": 0.45}
     assert (c.augment.erase.prob, c.augment.erase.fill) == (0.25, "random")
     lr = learning_rate_schedule(c.optim, c.optim.lr, steps_per_epoch=384, total_steps=60_000)
     np.testing.assert_allclose([float(lr(0)), float(lr(2000)), float(lr(60_000))],

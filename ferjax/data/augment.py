@@ -193,6 +193,13 @@ def random_masking(key, x, p):
     return jnp.where(apply & masked[..., None], fill, x)
 
 
+@_register("rand_augment")
+def rand_augment(key, x, p):
+    """timm's RandAugment (rand-m9-mstd0.5-inc1 by default); see ferjax/data/randaugment.py."""
+    from ferjax.data.randaugment import rand_augment as apply
+    return apply(key, x, p)
+
+
 def resize_batch(x: jax.Array, size: int) -> jax.Array:
     """Bilinear resize of float images (B, H, W, C) -> (B, size, size, C); as is when
     already that size.
