@@ -395,3 +395,21 @@ class TorchSwin(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).mean((1, 2)))
+
+
+class TorchMEKSwin(nn.Module):
+    """MEK's Swin-T recipe: CAMs from the 7x7 map after the extra LayerNorm; RSL + λ·RAC.
+    LayerNorm only, so the image and its mirror go through as one 2N batch."""
+
+    def __init__(self, num_classes=7, image_size=112):
+        super().__init__()
+        self.swin = TorchSwin(num_classes, image_size)
+
+    def loss(self, x, y, rsl_table, weights, lam=0.1):
+        n = x.shape[0]
+        f = self.swin.features(torch.cat([x, x.flip(3)]))  # (2N, h, w, C)
+        z = self.swin.fc(f[:n].mean((1, 2)))
+        cam = torch.einsum("nhwc,kc->nkhw", f, self.swin.fc.weight.detach())
+        rac = ((cam[:n] - cam[n:].flip(3)) ** 2).mean((2, 3)) @ weights
+        rsl = -(rsl_table[y] * F.log_softmax(z, 1)).sum(1).mean()
+        return rsl + lam * rac.mean()

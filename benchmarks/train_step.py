@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                       # all presets, 224 px, batch 16
     python -m benchmarks.train_step --presets mek --batch 64 --dtype bfloat16
+    python -m benchmarks.train_step --presets mek_swin --batch 32 --image 112
 
 Both sides run the same architecture, loss, optimizer and batch size on the same machine in
 one invocation. ferjax's step includes its on-device augmentation and, as configs/rafdb.py
@@ -177,9 +178,12 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = {"baseline": R.TorchBaseline, "rul_cbam": lambda: R.TorchRUL(spatial=image // 32),
-             "mek": R.TorchMEK, "rlrcnet": R.TorchRLRCNet}[preset]().to(device)
+             "mek": R.TorchMEK, "mek_swin": lambda: R.TorchMEKSwin(image_size=image),
+             "rlrcnet": R.TorchRLRCNet}[preset]().to(device)
     if preset == "rlrcnet":
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    elif preset == "mek_swin":
+        opt = torch.optim.AdamW(model.parameters(), lr=3.125e-5, weight_decay=0.05)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-4)
     if device == "cuda":
@@ -199,6 +203,8 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
             return model.loss(x, y, weights)
         if preset == "mek":
             return model.loss(x, y, table, weights, separate=flip_bn == "separate")
+        if preset == "mek_swin":
+            return model.loss(x, y, table, weights)
         return model.loss(x, y, x.flip(0), y.flip(0), 0.5)
 
     def step():
@@ -206,6 +212,8 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             value = loss()
         value.backward()
+        if preset == "mek_swin":  # the preset clips gradients at global norm 5
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
     model.train()

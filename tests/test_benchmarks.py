@@ -99,7 +99,7 @@ def test_steady_windows_weight_windows_by_time_and_skip_the_compile_window(tmp_p
 
 
 @pytest.mark.parametrize("name", ["train_step", "input_pipeline", "epoch", "scaling",
-                                  "variants"])
+                                  "variants", "rand_augment"])
 def test_each_benchmark_runs_as_a_module(name):
     out = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -220,8 +220,9 @@ def resize_batch(x: jax.Array, size: int) -> jax.Array:
 # into its gathers and recomputes them per tap: rlrcnet's five ops on 32 images at 224 px
 # took 156 ms; with the warp's input and output materialized (a fence, identity elsewhere
 # than on one CPU device) 62 ms, bitwise equal (benchmarks/RESULTS.md). Fencing every op
-# made mek's ops slower (28 -> 30 ms).
-WARPS = frozenset({"affine"})
+# made mek's ops slower (28 -> 30 ms). mek_swin's flip, RandAugment, normalise and erase on
+# 32 images at 112 px: 116 -> 70 ms with RandAugment fenced.
+WARPS = frozenset({"affine", "rand_augment"})
 
 
 def augment_batch(key: jax.Array, images: jax.Array, ops: tuple,
