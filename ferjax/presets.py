@@ -227,14 +227,16 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first field of `config` that `base_config()` lacks (a
     typo in a config file would otherwise be a new field nothing reads). Exempt: the loss
     terms (a name -> weight mapping, checked against the registered terms) and the
-    parameter groups of the augmentation ops the config lists."""
+    parameter groups of listed augmentation ops that `base_config()` does not know (ops
+    registered outside ferjax); the known ops' parameters are checked like any field."""
     import difflib
 
     def walk(node, reference, path):
         for key in node.keys():
             name = f"{path}.{key}"
             if name == "config.loss.terms" or (
-                    path == "config.augment" and key in tuple(config.augment.ops)):
+                    path == "config.augment" and key in tuple(config.augment.ops)
+                    and key not in reference):
                 continue
             if key not in reference:
                 close = difflib.get_close_matches(key, list(reference.keys()), n=1)

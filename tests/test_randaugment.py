@@ -93,3 +93,9 @@ def test_rand_augment_is_a_registered_augmentation_in_the_batch_ops():
     assert out.shape == (4, 16, 16, 3) and bool(jnp.all(jnp.isfinite(out)))
     assert not math.isclose(float(jnp.abs(out - augment.augment_batch(
         jax.random.key(1), images, ops, size=16)).max()), 0.0)
+
+
+def test_unknown_interpolation_is_named():
+    with pytest.raises(ValueError, match=r"rand_augment\.interpolation is 'lanczos'"):
+        randaugment.rand_augment(jax.random.key(0), jnp.zeros((8, 8, 3)),
+                                 {"interpolation": "lanczos"})

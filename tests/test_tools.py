@@ -100,6 +100,12 @@ def test_a_misspelt_config_field_is_named_with_the_closest_one():
     config.augment.unused_op = ml_collections.ConfigDict({"strength": 2})
     with pytest.raises(ValueError, match=r"config\.augment\.unused_op"):
         presets.check_fields(config)
+    # A known op's parameters are fields like any other: a typo there is named too.
+    config = load("rafdb.py", "mek_swin")
+    config.augment.rand_augment.magnitud = 5.0
+    with pytest.raises(ValueError, match=r"config\.augment\.rand_augment\.magnitud is not a "
+                                         r"ferjax config field \(did you mean 'magnitude'"):
+        presets.check_fields(config)
 
 
 @pytest.fixture(scope="module")

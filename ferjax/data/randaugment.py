@@ -169,7 +169,8 @@ def _pil_affine(v: jax.Array, matrix: jax.Array, fill: jax.Array, interpolation:
         row = jnp.clip(y0 + first + i, 0, h - 1) * w
         for j, weight_x in enumerate(wx):
             index = row + jnp.clip(x0 + first + j, 0, w - 1)
-            out = out + (weight_y * weight_x)[..., None] * rows[index.reshape(-1)].reshape(h, w, c)
+            tap = rows[index.reshape(-1)].reshape(h, w, c)
+            out = out + (weight_y * weight_x)[..., None] * tap
     return jnp.where(inside[..., None], jnp.clip(jnp.floor(out), 0, 255), fill)
 
 
@@ -210,19 +211,27 @@ def apply_op(v: jax.Array, op, level, sign, *, increasing=True, interpolation="b
 def rand_augment(key: jax.Array, x: jax.Array, p: dict) -> jax.Array:
     """RandAugment on one float image x (H, W, 3) in [0, 1] -> same; params (defaults are
     timm's rand-m9-mstd0.5-inc1 with its bicubic, grey-128 fill):
-    num_layers 2, magnitude 9, magnitude_std 0.5, magnitude_max 10, prob 0.5,
-    increasing True, interpolation 'bicubic' | 'bilinear', fill (128,)*3, translate_pct 0.45.
+    num_layers 2, magnitude 9, magnitude_std 0.5 (inf: uniform in [0, magnitude], as timm
+    takes mstd > 100), magnitude_max 10, prob 0.5, increasing True,
+    interpolation 'bicubic' | 'bilinear', fill (128,)*3, translate_pct 0.45.
     """
+    interpolation = p.get("interpolation", "bicubic")
+    if interpolation not in _KERNELS:
+        raise ValueError(f"config.augment.rand_augment.interpolation is {interpolation!r}; "
+                         f"expected one of {sorted(_KERNELS)}")
     v = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)
     magnitude, spread = p.get("magnitude", 9.0), p.get("magnitude_std", 0.5)
     for k in jax.random.split(key, int(p.get("num_layers", 2))):
         k_op, k_apply, k_level, k_sign = jax.random.split(k, 4)
         op = jax.random.randint(k_op, (), 0, len(OPS))
-        level = jnp.clip(magnitude + spread * jax.random.normal(k_level), 0.0,
-                         p.get("magnitude_max", _MAX_LEVEL))
+        if spread > 100:
+            level = jax.random.uniform(k_level, maxval=magnitude)
+        else:
+            level = magnitude + spread * jax.random.normal(k_level)
+        level = jnp.clip(level, 0.0, p.get("magnitude_max", _MAX_LEVEL))
         sign = jnp.where(jax.random.uniform(k_sign) > 0.5, -1.0, 1.0)
         out = apply_op(v, op, level, sign, increasing=p.get("increasing", True),
-                       interpolation=p.get("interpolation", "bicubic"),
+                       interpolation=interpolation,
                        fill=p.get("fill", (128, 128, 128)),
                        translate_pct=p.get("translate_pct", 0.45))
         v = jnp.where(jax.random.uniform(k_apply) <= p.get("prob", 0.5), out, v)
