@@ -9,6 +9,8 @@
 #   epoch  one mek epoch at 224 px on the RAF-DB-sized synthetic set, and its input wait
 #          (benchmarks.epoch; builds the set first, ~10 s on 16 cores)
 #   input  host pipeline at 100 px against a PyTorch DataLoader (benchmarks.input_pipeline)
+#   swin   (only when asked for) mek_swin's step at 112 px, batch 32, bf16, against PyTorch,
+#          and its on-device RandAugment against Pillow (benchmarks.rand_augment)
 #
 # Each part runs under its own time limit; its log goes to $OUT/PART.log (OUT defaults to
 # gpu_out/) and benchmarks/RESULTS.md, which the benchmarks append to, is copied there after
@@ -74,7 +76,10 @@ for name in "${parts[@]}"; do
              --batch "$BATCH" --dtype bfloat16 --workers "$WORKERS" || status=1 ;;
     input) part input 150 "$PY" -m benchmarks.input_pipeline --size 100 \
              --workers "$WORKERS" || status=1 ;;
-    *) echo "unknown part $name (env, step, epoch, input)"; exit 2 ;;
+    swin) part swin 300 bash -c '"$PY" -m benchmarks.train_step --presets mek_swin --batch 32 \
+            --image 112 --dtype bfloat16 --steps 20 --rounds 3 &&
+            "$PY" -m benchmarks.rand_augment --batch 32 --size 112' || status=1 ;;
+    *) echo "unknown part $name (env, step, epoch, input, swin)"; exit 2 ;;
   esac
 done
 exit $status

@@ -184,6 +184,13 @@ def test_gpu_script_runs_each_benchmark_with_its_arguments_and_keeps_the_logs(tm
         "-m benchmarks.input_pipeline --size 100 --workers 3"]
     assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md", "env.log", "epoch.log",
                                                       "input.log", "step.log"]
+    calls.write_text("")
+    swin = subprocess.run(["bash", "benchmarks/gpu.sh", "swin"], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=60)
+    assert swin.returncode == 0 and (out / "swin.log").exists(), swin.stdout + swin.stderr
+    assert calls.read_text().splitlines() == [
+        "-m benchmarks.train_step --presets mek_swin --batch 32 --image 112 --dtype bfloat16 "
+        "--steps 20 --rounds 3", "-m benchmarks.rand_augment --batch 32 --size 112"]
     bad = subprocess.run(["bash", "benchmarks/gpu.sh", "train"], cwd=ROOT, env=env,
                          text=True, capture_output=True, timeout=60)
     assert bad.returncode == 2 and "unknown part train" in bad.stdout
