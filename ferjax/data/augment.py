@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ferjax.data import randaugment
 from ferjax.models.layers import materialize
 from ferjax.registry import Registry
 
@@ -193,11 +194,8 @@ def random_masking(key, x, p):
     return jnp.where(apply & masked[..., None], fill, x)
 
 
-@_register("rand_augment")
-def rand_augment(key, x, p):
-    """timm's RandAugment (rand-m9-mstd0.5-inc1 by default); see ferjax/data/randaugment.py."""
-    from ferjax.data.randaugment import rand_augment as apply
-    return apply(key, x, p)
+# timm's RandAugment (rand-m9-mstd0.5-inc1 by default), written out in its own module.
+_register("rand_augment")(randaugment.rand_augment)
 
 
 def resize_batch(x: jax.Array, size: int) -> jax.Array:
