@@ -92,7 +92,8 @@ def time_device(faces: np.ndarray, size: int, ops: tuple, rounds: int = 10) -> f
                               "rafdb.py", "mek_swin")
     config.augment.ops = ops
     parsed = augment.parse_ops(config.augment)
-    run = jax.jit(lambda key, x: augment.augment_batch(key, x, parsed, size))
+    run = jax.jit(lambda key, x: augment.augment_batch(key, x, parsed, size,
+                                                       config.data.train_resize))
     batch = jnp.asarray(faces)
     run(jax.random.key(0), batch).block_until_ready()
     times = []
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
         rows,
         f"`python -m benchmarks.rand_augment --batch {args.batch} --size {args.size} "
         f"--host_images {args.host_images}`; ferjax: median of 10 calls of the jitted "
-        "augmentation of 100 px uint8 faces (resize on device, flip, RandAugment, "
+        "augmentation of 100 px uint8 faces (bicubic resize on device, flip, RandAugment, "
         "normalise, erase), RandAugment's images/s from the difference with and without "
         f"it; Pillow: {args.host_images} faces, bicubic resize and two RandAugment layers "
         "each, one process.")

@@ -41,6 +41,7 @@ class Recipe:
     loss_static: dict       # scalars the terms read (class_weight, epsilons, ...)
     needs_second_stream: bool
     image_size: int         # the model's input side; batches from the host are resized to it
+    train_resize: str       # the training images' resize method (eval: bilinear)
 
 
 def make_recipe(config) -> Recipe:
@@ -60,6 +61,9 @@ def make_recipe(config) -> Recipe:
         raise ValueError(f"config.loss.mix_group_size={loss.mix_group_size} does not divide "
                          f"config.train.batch_size={config.train.batch_size}")
     host_image_size(config.data)  # fail early on a bad value
+    if config.data.train_resize not in augment_lib.RESIZE_METHODS:
+        raise ValueError(f"config.data.train_resize={config.data.train_resize!r}; expected "
+                         f"one of {augment_lib.RESIZE_METHODS}")
     samplers = ("sampler", "second_sampler") if loss.forward == "dual_branch" else ("sampler",)
     for key in samplers:
         if config.data[key] not in pipeline.SAMPLERS:
@@ -68,7 +72,8 @@ def make_recipe(config) -> Recipe:
     return Recipe(loss.forward, tuple((k, float(v)) for k, v in loss.terms.items()),
                   augment_lib.parse_ops(config.augment), eval_ops,
                   bool(config.eval.flip_average), static,
-                  loss.forward == "dual_branch", int(config.data.image_size))
+                  loss.forward == "dual_branch", int(config.data.image_size),
+                  config.data.train_resize)
 
 
 def host_image_size(data_cfg) -> int:
@@ -176,7 +181,8 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         image_size=host_image_size(config.data), sampler=config.data.sampler,
         second_sampler=config.data.second_sampler if recipe.needs_second_stream else None,
         seed=config.seed, num_workers=config.data.num_workers,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        resize_method=recipe.train_resize)
     steps_per_epoch = train_data.steps_per_epoch
     total_steps = (config.train.num_steps if config.train.num_steps > 0
                    else config.train.epochs * steps_per_epoch)

@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.label_noise = 0.0             # fraction of training labels swapped to another class
     d.image_size = 224              # square model input side
     d.host_image_size = 0           # side of host batches (0 = image_size); the step resizes them
+    d.train_resize = "bilinear"     # training images' resize to image_size: 'bilinear'/'bicubic'
     d.sampler = "uniform"           # 'uniform', 'class_balanced', 'reversed' (pipeline.SAMPLERS)
     d.second_sampler = "reversed"   # sampler of the second stream (dual-branch forward only)
     d.num_workers = 0               # grain worker processes (0 = read in the main process)
@@ -194,6 +195,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
         # head are unused there; MEK adds a fresh LayerNorm and the 7-class classifier).
         c.model.pretrained_exclude = (r"^fc\.", r"^norm\.", r"^feature\.")
         c.data.image_size = 112
+        c.data.train_resize = "bicubic"  # timm's train transform; the test Resize is bilinear
         c.augment.ops = ("flip", "rand_augment", "normalize", "erase")
         c.augment.normalize = ml_collections.ConfigDict({"mean": (0.5,) * 3, "std": (0.5,) * 3})
         c.augment.erase = ml_collections.ConfigDict({"prob": 0.25, "area": (0.02, 1 / 3),

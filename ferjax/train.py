@@ -133,10 +133,11 @@ def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, clas
     k_aug, k_aug_rev, k_forward, k_dropout = jax.random.split(key, 4)
     batch = dict(batch)
     batch["image"] = augment_lib.augment_batch(k_aug, batch["image"], recipe.train_ops,
-                                               recipe.image_size)
+                                               recipe.image_size, recipe.train_resize)
     if "image_rev" in batch:
         batch["image_rev"] = augment_lib.augment_batch(k_aug_rev, batch["image_rev"],
-                                                       recipe.train_ops, recipe.image_size)
+                                                       recipe.train_ops, recipe.image_size,
+                                                       recipe.train_resize)
     nnx.reseed(model, dropout=k_dropout)
     ctx = methods.StepContext(class_weights, rebalance_weights, alpha, k_forward,
                               recipe.loss_static)

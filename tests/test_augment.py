@@ -61,6 +61,24 @@ def test_device_resize_agrees_with_the_host_and_pil_within_rounding(side, size):
         np.testing.assert_allclose(on_device, host, atol=1.01)
 
 
+@pytest.mark.parametrize("side,size", [(100, 112), (45, 20)])
+def test_bicubic_resize_gives_pillows_grey_levels_on_device_and_host(side, size):
+    """MEK's training resize (timm: Pillow's bicubic), on noise, where the cubic's overshoot
+    and Pillow's uint8 steps matter most: the step's within one grey level and >99.9 %
+    equal; the host's is Pillow's (OpenCV's bicubic has another kernel)."""
+    from PIL import Image
+
+    from ferjax.data import pipeline
+    img = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)).astype(int)
+    on_device = augment.resize_batch(jnp.asarray(img[None], jnp.float32) / 255, size, "bicubic")
+    on_device = np.round(np.asarray(on_device)[0] * 255).astype(int)
+    assert np.abs(on_device - pil).max() <= 1 and np.mean(on_device == pil) > 0.999
+    np.testing.assert_array_equal(pipeline.resize(img, size, "bicubic"), pil)
+    with pytest.raises(ValueError, match="'nearest'"):
+        augment.resize_batch(jnp.zeros((1, 4, 4, 3)), 8, "nearest")
+
+
 def test_opencv_aliases_when_shrinking_so_the_host_does_not_use_it():
     import cv2
     img = np.random.default_rng(0).integers(0, 256, (45, 45, 3), dtype=np.uint8)

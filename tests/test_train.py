@@ -56,8 +56,8 @@ def tensorboard_tags(directory: pathlib.Path) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("method", ["baseline", "rul_cbam", "mek", "mek_swin", "rlrcnet"])
 def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     config = load_config(f"{method},smoke", data_dir)
-    if method == "rlrcnet":  # the host batches at 24 px, the step resizes both streams to 32
-        config.data.host_image_size = 24
+    if method in ("rlrcnet", "mek_swin"):  # host batches at 24 px; the step resizes them
+        config.data.host_image_size = 24   # to 32 (rlrcnet: both streams; mek_swin: bicubic)
     fast_to_global = train.to_global
     sides = set()
 
@@ -89,12 +89,17 @@ def test_each_preset_trains_end_to_end(method, data_dir, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 
-def test_host_image_size_defaults_to_the_model_side_and_names_a_bad_value():
+def test_host_image_size_and_train_resize_have_defaults_and_name_a_bad_value():
     config = load_config("baseline,smoke", "unused")
     assert train.host_image_size(config.data) == config.data.image_size == 32
     config.data.host_image_size = 100
     assert train.host_image_size(config.data) == 100
     assert train.make_recipe(config).image_size == 32
+    assert train.make_recipe(config).train_resize == "bilinear"
+    config.data.train_resize = "nearest"
+    with pytest.raises(ValueError, match=r"config\.data\.train_resize='nearest'.*'bicubic'"):
+        train.make_recipe(config)
+    config.data.train_resize = "bicubic"
     config.data.host_image_size = -1
     with pytest.raises(ValueError, match=r"config\.data\.host_image_size=-1"):
         train.make_recipe(config)

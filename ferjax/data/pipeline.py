@@ -51,24 +51,32 @@ SAMPLERS.register("reversed")(reversed_sampling_probabilities)  # BBN: P(c) ∝ 
 class ReadExample:
     """Index -> {'image': uint8 (S, S, 3), 'label': int32} from a random-access source;
     the label is `labels[index]` when given (training labels a protocol changed, see
-    `ferjax.data.protocols`), else the record's."""
+    `ferjax.data.protocols`), else the record's. Images are resized with `resize_method`."""
     source: Any
     image_size: int
     labels: np.ndarray | None = None
+    resize_method: str = "bilinear"
 
     def __call__(self, index: int) -> dict:
         record = self.source[int(index)]
         label = record["label"] if self.labels is None else self.labels[int(index)]
-        return {"image": resize(record["image"], self.image_size), "label": np.int32(label)}
+        return {"image": resize(record["image"], self.image_size, self.resize_method),
+                "label": np.int32(label)}
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square bilinear resize of an (H, W, C) uint8 image (no-op when already size x size).
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
-    Enlarging uses OpenCV (a dependency; 2-10x faster than PIL, and within one grey level
-    of it). Shrinking uses PIL, whose bilinear filter widens with the scale (antialiasing)
-    like the torchvision Resize of the reference code and `augment.resize_batch`; OpenCV's
-    samples 4 pixels and aliases (up to 133 grey levels off on fine detail, tests).
+
+def resize(image: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
+    """Square resize of an (H, W, C) uint8 image (no-op when already size x size), method
+    'bilinear' or 'bicubic'.
+
+    Bicubic is PIL's (Keys' cubic, a = -0.5, as `augment.resize_batch`'s; OpenCV's has
+    a = -0.75). Bilinear enlarging uses OpenCV (a dependency; 2-10x faster than PIL, and
+    within one grey level of it). Shrinking uses PIL, whose filters widen with the scale
+    (antialiasing) like the torchvision Resize of the reference code and
+    `augment.resize_batch`; OpenCV's bilinear samples 4 pixels and aliases (up to 133 grey
+    levels off on fine detail, tests).
     """
     if image.ndim == 2:
         image = image[..., None]
@@ -76,9 +84,11 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[:2] == (size, size):
         return image
-    if cv2 is not None and max(image.shape[:2]) <= size:  # no side shrinks
+    if method not in _PIL_FILTERS:
+        raise ValueError(f"resize method {method!r}; expected one of {sorted(_PIL_FILTERS)}")
+    if method == "bilinear" and cv2 is not None and max(image.shape[:2]) <= size:
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), _PIL_FILTERS[method]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +176,8 @@ class TrainData:
 def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_size: int,
                   sampler: str = "uniform", second_sampler: str | None = None, seed: int = 0,
                   num_workers: int = 0, process_index: int = 0, process_count: int = 1,
-                  read_threads: int = 8, prefetch: int = 2) -> TrainData:
+                  read_threads: int = 8, prefetch: int = 2,
+                  resize_method: str = "bilinear") -> TrainData:
     """The endless training stream of host-local batches, resumable at any batch.
 
     Args:
@@ -175,6 +186,7 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
       second_sampler: if set (BBN: 'reversed'), each batch also carries 'image_rev' and
         'label_rev' drawn by this sampler.
       num_workers: grain worker processes (0: read in this process).
+      resize_method: 'bilinear' or 'bicubic', for records not already image_size.
     Yields (through `iter(TrainData.dataset_from(first_batch))`) dicts of numpy arrays: image uint8
       (B, S, S, 3), label int32 (B,), [image_rev, label_rev], with B the per-process batch.
     """
@@ -187,7 +199,7 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has {len(labels)} examples, fewer than one batch "
                          f"of {global_batch_size}")
-    read = ReadExample(source, image_size, labels)
+    read = ReadExample(source, image_size, labels, resize_method)
     stream = index_stream(labels, sampler, seed)
     if second_sampler:
         second = index_stream(labels, second_sampler, seed + 1)
