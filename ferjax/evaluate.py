@@ -3,9 +3,12 @@ confusion-matrix picture.
 
     python -m ferjax.evaluate --workdir runs/rafdb_mek [--split test] [--checkpoint best]
     python -m ferjax.evaluate --workdir runs/rafdb_mek --dataset ferplus:7   # cross-dataset
+    python -m ferjax.evaluate --workdir runs/mek_released --config configs/rafdb.py:mek_swin \
+        --weights mek_rafdb.pt       # a weights file alone (a released model), no training run
 
 Writes <workdir>/eval_<split>_<checkpoint>/{per_class.txt, summary.json, confusion_matrix.png}
-(eval_<dataset>_<split>_<checkpoint>/ for another dataset).
+(eval_<dataset>_<split>_<checkpoint>/ for another dataset; <checkpoint> is
+weights_<file name> for --weights).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 
 import ml_collections
@@ -56,14 +61,61 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     (cross-dataset: default split 'test', or 'train' where there is none, as for CK+);
     writes the table, summary.json and picture, and returns the summary. `flip_average`
     overrides the run's config.eval.flip_average (test-time flip)."""
+    from ferjax.workdir import restore_model
+
+    config, model, names, step = restore_model(workdir, which)
+    return evaluate_model(config, model, names, {"checkpoint_step": step},
+                          f"checkpoint {which} (step {step})", workdir, which, split, dataset,
+                          data_dir, flip_average)
+
+
+def model_from_weights(config, weights: str):
+    """(eval-mode model, class names) for `config` with every tensor read from `weights`
+    (a released model, MEK's SwinTransFER file included); the dataset, built on first use,
+    names the classes. Fails naming the keys if the file and the model do not match."""
+    from flax import nnx
+
+    from ferjax.data import sources
+    from ferjax.models import build_model
+    from ferjax.models.pretrained import load_pretrained
+    from ferjax.presets import check_fields
+
+    check_fields(config)
+    names = list(sources.open_split(sources.prepared_builder(config.data),
+                                    config.data.eval_split).class_names)
+    model = build_model(config.model, num_classes=len(names),
+                        image_size=config.data.image_size, rngs=nnx.Rngs(0))
+    report = load_pretrained(model, weights, strict=True)
+    logging.getLogger("ferjax").info("weights %s:\n%s", weights, report)
+    model.eval()
+    return model, names
+
+
+def evaluate_weights(config, weights: str, workdir: str, split: str | None = None,
+                     dataset: str | None = None, data_dir: str | None = None,
+                     flip_average: bool | None = None) -> dict:
+    """`evaluate_workdir` for a weights file alone: the model of `config` with the file's
+    tensors; results go to `workdir`/eval_<split>_weights_<file name>/."""
+    model, names = model_from_weights(config, weights)
+    which = "weights_" + re.sub(r"[^\w.-]", "_", os.path.basename(weights))
+    return evaluate_model(config, model, names, {"weights": weights},
+                          os.path.basename(weights), workdir, which, split, dataset, data_dir,
+                          flip_average)
+
+
+def evaluate_model(config, model, names: list[str], origin: dict, title: str, workdir: str,
+                   which: str, split: str | None, dataset: str | None, data_dir: str | None,
+                   flip_average: bool | None) -> dict:
+    """Evaluates an eval-mode `model` (the run's `config`, classes `names`) as
+    `evaluate_workdir` describes; `origin` ({'checkpoint_step': ...} or {'weights': ...})
+    goes into summary.json, `title` under the picture and `which` into the output folder's
+    name."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ferjax import metrics, train
     from ferjax.data import sources
-    from ferjax.workdir import restore_model
 
-    config, model, names, step = restore_model(workdir, which)
     if flip_average is not None:
         config.eval.flip_average = flip_average
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
@@ -92,7 +144,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
     out_dir = files.join(workdir, f"eval_{source}{split}_{which}{tta}")
     files.makedirs(out_dir)
     files.write_text(files.join(out_dir, "per_class.txt"), table + "\n")
-    result = {"checkpoint_step": step, "dataset": data_cfg.name, "split": split,
+    result = {**origin, "dataset": data_cfg.name, "split": split,
               "left_out_images": left_out, "flip_average": bool(config.eval.flip_average),
               **metrics.headline(summary),
               "per_class_accuracy": metrics.by_class(names, summary["per_class_accuracy"]),
@@ -100,7 +152,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, which: str = "best"
               "confusion_matrix": cm.tolist(), "output_dir": out_dir}
     files.write_text(files.join(out_dir, "summary.json"), json.dumps(result, indent=2))
     metrics.save_confusion_png(cm, names, files.join(out_dir, "confusion_matrix.png"),
-                               f"{data_cfg.name}/{split}, checkpoint {which} (step {step})")
+                               f"{data_cfg.name}/{split}, {title}")
     result["table"] = table
     return result
 
@@ -119,17 +171,35 @@ def main(argv=None) -> int:
     parser.add_argument("--flip_average", action=argparse.BooleanOptionalAction, default=None,
                         help="average each image's class probabilities with its mirror's "
                              "(default: the run's config.eval.flip_average)")
+    parser.add_argument("--weights", default=None,
+                        help="evaluate this weights file (.pth/.pt/.npz/.safetensors, e.g. a "
+                             "released model) instead of a checkpoint of --workdir, which "
+                             "then only receives the results; needs --config")
+    parser.add_argument("--config", default=None,
+                        help="with --weights: the config file[:args] of the model and dataset, "
+                             "e.g. configs/rafdb.py:mek_swin")
     parser.add_argument("--compilation_cache", default=compilation_cache.default_folder(),
                         help=compilation_cache.HELP)
     args = parser.parse_args(argv)
+    if (args.weights is None) != (args.config is None):
+        parser.error("--weights and --config go together")
     compilation_cache.use(args.compilation_cache)
     # ferjax's own notes (a first-use dataset build, a long pass's progress) but not the
     # libraries' INFO chatter.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("ferjax").setLevel(logging.INFO)
     try:
-        result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
-                                  args.data_dir, args.flip_average)
+        if args.weights:
+            from ferjax.presets import load_config_file
+            path, _, config_arg = args.config.partition(":")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--config: no config file {path}")
+            result = evaluate_weights(load_config_file(path, config_arg or None), args.weights,
+                                      args.workdir, args.split, args.dataset, args.data_dir,
+                                      args.flip_average)
+        else:
+            result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
+                                      args.data_dir, args.flip_average)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

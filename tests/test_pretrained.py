@@ -41,10 +41,9 @@ def test_torchvision_weights_give_the_same_logits_as_pytorch(arch):
     assert np.max(np.abs(got - expected)) < 1e-4
 
 
-def test_swin_weights_in_the_reference_layout_give_the_same_logits_as_pytorch():
-    """A narrow Swin at 56 px (28² and 14² grids in shifted 7×7 windows, then one 7×7
-    window) with random weights, LayerNorms included, keyed as the Swin reference code
-    keys them; its derived buffers (relative_position_index, attn_mask) are skipped."""
+def _random_torch_swin():
+    """A narrow PyTorch Swin at 56 px with random weights, LayerNorms included: (its state
+    dict as numpy, NCHW images, its logits)."""
     torch = pytest.importorskip("torch")
     from benchmarks.torch_reference import TorchSwin
 
@@ -56,10 +55,21 @@ def test_swin_weights_in_the_reference_layout_give_the_same_logits_as_pytorch():
     images = np.random.default_rng(0).normal(size=(2, 3, 56, 56)).astype(np.float32)
     with torch.no_grad():
         expected = ref(torch.from_numpy(images)).numpy()
-    model = build_model(ml_collections.ConfigDict(dict(
+    return {k: v.numpy() for k, v in ref.state_dict().items()}, images, expected
+
+
+def _narrow_swin(seed: int):
+    return build_model(ml_collections.ConfigDict(dict(
         name="swin_t", embed_dim=16, depths=(2, 2, 2), num_heads=(2, 2, 4))),
-        num_classes=7, image_size=56, rngs=nnx.Rngs(3))
-    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+        num_classes=7, image_size=56, rngs=nnx.Rngs(seed))
+
+
+def test_swin_weights_in_the_reference_layout_give_the_same_logits_as_pytorch():
+    """A narrow Swin at 56 px (28² and 14² grids in shifted 7×7 windows, then one 7×7
+    window) keyed as the Swin reference code keys it; its derived buffers
+    (relative_position_index, attn_mask) are skipped."""
+    state, images, expected = _random_torch_swin()
+    model = _narrow_swin(3)
     state["layers.0.blocks.1.attn.relative_position_index"] = np.zeros((49, 49), np.int64)
     state["layers.0.blocks.1.attn_mask"] = np.zeros((16, 49, 49), np.float32)
     report = import_state_dict(model, state)
@@ -72,6 +82,26 @@ def test_swin_weights_in_the_reference_layout_give_the_same_logits_as_pytorch():
     exported = export_state_dict(model)
     np.testing.assert_array_equal(exported["layers.2.blocks.0.attn.relative_position_bias_table"],
                                   state["layers.2.blocks.0.attn.relative_position_bias_table"])
+
+
+def test_mek_released_swin_transfer_file_gives_the_same_logits(tmp_path):
+    """MEK's released model is a `SwinTransFER`, saved as {'state_dict_model': ...}: the
+    Swin under `encoder.` (with a final LayerNorm and face head its forward never calls),
+    then `norm` and the classifier `head`. Read from a .pt file, it gives the same logits."""
+    torch = pytest.importorskip("torch")
+    state, images, expected = _random_torch_swin()
+    released = {("head." + k[3:] if k.startswith("fc.") else
+                 k if k.startswith("norm.") else "encoder." + k): torch.from_numpy(v)
+                for k, v in state.items()}
+    released["encoder.norm.weight"] = torch.full((64,), 7.0)  # unused: must not load
+    released["encoder.feature.0.weight"] = torch.ones(64, 64)
+    torch.save({"state_dict_model": released, "step": 59999}, tmp_path / "mek.pt")
+    model = _narrow_swin(4)
+    report = load_pretrained(model, str(tmp_path / "mek.pt"))
+    assert "SwinTransFER" in str(report) and "2 tensors" in str(report)
+    assert {"fc.weight", "norm.weight", "patch_embed.proj.weight"} <= set(report.loaded)
+    got = _eval_logits(model, images.transpose(0, 2, 3, 1))
+    assert np.max(np.abs(got - expected)) < 1e-4
 
 
 def test_pth_file_loads_through_torch(tmp_path):

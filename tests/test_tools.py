@@ -171,6 +171,33 @@ def test_evaluate_on_another_dataset(trained, tmp_path, capsys):
     assert "python -m ferjax.data.build --dataset rafdb" in capsys.readouterr().err
 
 
+def test_evaluate_a_weights_file_without_a_training_run(trained, tmp_path, monkeypatch,
+                                                        capsys):
+    """`--weights` + `--config`: the trained run's weights exported to a file and evaluated
+    alone give the run's own confusion matrix; a file that does not fit names the keys."""
+    from ferjax.models.pretrained import export_state_dict
+    from ferjax.workdir import restore_model
+
+    _, model, _, _ = restore_model(str(trained), "latest")
+    np.savez(tmp_path / "released.npz", **export_state_dict(model))
+    data_dir = json.loads((trained / "config.json").read_text())["data"]["data_dir"]
+    monkeypatch.setenv("FERJAX_DATA_DIR", data_dir)  # where the config's dataset was built
+    args = ["--workdir", str(tmp_path / "out"), "--config",
+            str(ROOT / "configs" / "synthetic.py:baseline,smoke"), "--split", "test"]
+    assert evaluate.main([*args, "--weights", str(tmp_path / "released.npz")]) == 0
+    result = json.loads((tmp_path / "out" / "eval_test_weights_released.npz" / "summary.json"
+                         ).read_text())
+    assert result["weights"].endswith("released.npz")
+    assert result["confusion_matrix"] == evaluate.evaluate_workdir(
+        str(trained), split="test", which="latest")["confusion_matrix"]
+    np.savez(tmp_path / "other.npz", **{"fc.weight": np.zeros((3, 8), np.float32)})
+    capsys.readouterr()
+    assert evaluate.main([*args, "--weights", str(tmp_path / "other.npz")]) == 1
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(tmp_path), "--weights", "w.npz"])  # no --config
+
+
 def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     paths = []
     for i, mode in enumerate(("RGB", "L", "RGB")):

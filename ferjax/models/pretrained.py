@@ -6,7 +6,9 @@ Our modules use torchvision's attribute names, so a torch key such as
   conv weight (O, I/g, kh, kw) -> kernel (kh, kw, I/g, O); linear weight (O, I) -> kernel (I, O);
   BN/GN weight -> scale, running_mean -> mean, running_var -> var; num_batches_tracked and
   Swin's relative_position_index / attn_mask (derived from the architecture) ignored.
-Swin (`swin_t`) keys are the Swin reference code's (`layers.0.blocks.1.attn.qkv.weight`).
+Swin (`swin_t`) keys are the Swin reference code's (`layers.0.blocks.1.attn.qkv.weight`);
+MEK's released models (`SwinTransFER`: `encoder.layers...`, `norm`, `head`) are recognised
+and read in that layout (`from_swin_transfer`).
 
 Files: `.npz` and `.safetensors` load without torch; `.pth`/`.pt` need torch and are read with
 `weights_only=True` (no code is unpickled). Convert once with
@@ -44,9 +46,10 @@ class ImportReport:
     unexpected: list[str]
     excluded: list[str]
     mismatched: list[str]
+    layout: str = ""  # a note when the file's layout was converted (from_swin_transfer)
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
+        lines = [f"loaded {len(self.loaded)} tensors"] + ([self.layout] if self.layout else [])
         for name in ("missing", "unexpected", "mismatched", "excluded"):
             keys = getattr(self, name)
             if keys:
@@ -94,6 +97,35 @@ def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     return out
 
 
+# SwinTransFER's encoder parts that its forward never calls: the Swin's own final LayerNorm
+# and its face-recognition head (MEK applies a fresh `norm` to the encoder's tokens).
+_SWIN_TRANSFER_UNUSED = ("encoder.norm.", "encoder.feature.", "encoder.head.")
+
+
+def from_swin_transfer(state_dict: Mapping[str, np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], str] | None:
+    """MEK's `SwinTransFER` state dict (its released RAF-DB model: `encoder.` + the Swin,
+    `norm`, `head`) in the layout `swin_t` reads, with a note of what was done; None if
+    `state_dict` is not one. `encoder.` is dropped from the trunk's keys, `head` becomes
+    the linear head's `fc`, and the encoder's unused final LayerNorm and face head are left
+    out."""
+    keys = list(state_dict)
+    if "head.weight" not in keys or not any(k.startswith("encoder.layers.") for k in keys):
+        return None
+    out, unused = {}, 0
+    for key, value in state_dict.items():
+        if key.startswith(_SWIN_TRANSFER_UNUSED):
+            unused += 1
+        elif key.startswith("encoder."):
+            out[key[len("encoder."):]] = value
+        elif key.startswith("head."):
+            out["fc." + key[len("head."):]] = value
+        else:
+            out[key] = value
+    return out, (f"layout: MEK's SwinTransFER (encoder.* as the trunk, head.* as fc; "
+                 f"{unused} tensors of the encoder's unused final norm and face head left out)")
+
+
 def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
                       strict: bool = True, exclude: Iterable[str] = ()) -> ImportReport:
     """Copies a torchvision-layout state dict into `model` in place.
@@ -110,14 +142,17 @@ def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *
         model is left untouched when it raises.
     """
     patterns = [re.compile(p) for p in exclude]
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v
+                  for k, v in state_dict.items()}
+    converted = from_swin_transfer(state_dict)
+    state_dict, layout = converted if converted else (state_dict, "")
 
     def is_excluded(key):
         return any(p.search(key) for p in patterns)
 
     variables = model_variables(model)
     updates, unexpected, excluded, mismatched = {}, [], [], []
-    for raw_key, value in state_dict.items():
-        key = raw_key[len("module."):] if raw_key.startswith("module.") else raw_key
+    for key, value in state_dict.items():
         if key.endswith(_SKIPPED_TORCH_SUFFIXES):
             continue
         if is_excluded(key):
@@ -135,7 +170,8 @@ def import_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *
     missing = sorted(k for k in variables if k not in updates and not is_excluded(k)
                      and not any(m.startswith(k + " ") for m in mismatched))
     excluded = sorted(set(excluded) | {k for k in variables if is_excluded(k)})
-    report = ImportReport(sorted(updates), missing, sorted(unexpected), excluded, mismatched)
+    report = ImportReport(sorted(updates), missing, sorted(unexpected), excluded, mismatched,
+                          layout)
     if mismatched or (strict and (missing or unexpected)):
         raise ValueError("pretrained weights do not fit the model (nothing was loaded):\n"
                          f"{report}\nUse strict=False to allow missing/unexpected keys, or "
@@ -179,7 +215,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             raise ImportError(f"reading {path} needs torch (pip install 'ferjax[torch]'), or "
                               "convert it to .npz on a machine that has torch") from None
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model", "model_state_dict"):
+        for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_model"):
             if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
                 obj = obj[wrapper]
         return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
