@@ -24,6 +24,13 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A compilation cache the commands of this module share: the first to compile the
+    smoke config's steps stores them, the others load them."""
+    return tmp_path_factory.mktemp("compilation_cache")
+
+
 def _cmd(workdir, data_dir, *extra):
     return [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:smoke",
             "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
@@ -55,9 +62,8 @@ LONG = ("--config.train.num_steps=60", "--config.train.eval_every_steps=20",
         "--config.train.checkpoint_every_steps=10", "--config.train.log_every_steps=5")
 
 
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path, cache):
     # The later runs take their compiled steps from the first run's compilation cache.
-    cache = tmp_path / "compilation_cache"
     straight = tmp_path / "straight"
     run = subprocess.run(_cmd(straight, data_dir, *LONG), cwd=ROOT, env=_env(cache),
                          check=True, capture_output=True, text=True, timeout=600)
@@ -84,13 +90,13 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(data_dir, tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tmp_path,
-                                                                    signum):
+                                                                    signum, cache):
     """Ctrl-C in a terminal reaches the whole process group: here with two grain workers,
     which leave it to the training process."""
     workdir = tmp_path / "run"
     ctrl_c = signum == signal.SIGINT
     workers = ("--config.data.num_workers=2",) if ctrl_c else ()
-    proc = subprocess.Popen(_cmd(workdir, data_dir, *LONG, *workers), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(_cmd(workdir, data_dir, *LONG, *workers), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     _wait_for(workdir / "checkpoints" / "10", proc)
@@ -104,7 +110,7 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(data_dir, tm
     assert "KeyboardInterrupt" not in out
     saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert saved and saved[-1] < 60
-    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(),
+    rerun = subprocess.run(_cmd(workdir, data_dir, *LONG), cwd=ROOT, env=_env(cache),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed at step {saved[-1]}" in rerun.stdout + rerun.stderr
