@@ -241,7 +241,9 @@ def describe_plan(config: ml_collections.ConfigDict, plan: Plan, workdir: str = 
             f"{w:.3g}" for w in plan.class_weights) if lo.class_weight != "none" else "")
         + ("; MEK weights N/(10 n_k): " + " ".join(f"{w:.3g}" for w in plan.rebalance_weights)
            if {"rsl", "rac"} & {name for name, _ in plan.recipe.terms} else ""),
-        f"augment (on device): {', '.join(name for name, _ in plan.recipe.train_ops)}",
+        "augment (on device): " + (f"{plan.recipe.train_resize} resize to {d.image_size} px, "
+                                   if host_image_size(d) != d.image_size else "")
+        + ", ".join(name for name, _ in plan.recipe.train_ops),
         f"optimizer: {o.name}, lr {o.lr:g} ({o.schedule}), weight decay {o.weight_decay:g}"
         + (f", classifier lr x{o.classifier_lr_multiplier:g}"
            if o.classifier_lr_multiplier != 1 else ""),

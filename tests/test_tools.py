@@ -445,7 +445,8 @@ def test_dry_run_prints_the_plan_without_training(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "ferjax.main", "--config", "configs/synthetic.py:mek,smoke",
          "--workdir", str(workdir), "--dry_run", f"--config.data.data_dir={tmp_path / 'data'}",
-         "--config.data.imbalance_factor=10", "--config.eval.track_splits=test"],
+         "--config.data.imbalance_factor=10", "--config.eval.track_splits=test",
+         "--config.data.host_image_size=24", "--config.data.train_resize=bicubic"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -458,6 +459,7 @@ def test_dry_run_prints_the_plan_without_training(tmp_path):
     assert "happiness=49" in counts and "neutral=33" in counts and "anger=4" in counts
     assert "loss: forward flip_pair; 0.01·rac + 1·rsl; MEK weights" in out
     assert "tracked at every evaluation: test (70 images)" in out
+    assert "augment (on device): bicubic resize to 32 px, " in out
     assert f"workdir {workdir}: new run" in out and "parameters" in out
     # A bad config fails the dry run the way it would fail the run. With JAX looking for
     # every platform, as a user's command does: no line about the absent TPU runtime.
