@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default=None, help="default: the config's eval split; "
                         "with --dataset, 'test' ('train' where there is none, as in CK+)")
-    parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+    parser.add_argument("--checkpoint", default=None,
+                        help="'best' (the default), 'latest' or a step")
     parser.add_argument("--dataset", default=None,
                         help="evaluate on another built dataset, 'name' or 'name:config' "
                              "(cross-dataset; classes matched by canonical label)")
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if (args.weights is None) != (args.config is None):
         parser.error("--weights and --config go together")
+    if args.weights and args.checkpoint:
+        parser.error("--checkpoint picks a checkpoint of --workdir; --weights evaluates a file")
     compilation_cache.use(args.compilation_cache)
     # ferjax's own notes (a first-use dataset build, a long pass's progress) but not the
     # libraries' INFO chatter.
@@ -198,8 +201,8 @@ def main(argv=None) -> int:
                                       args.workdir, args.split, args.dataset, args.data_dir,
                                       args.flip_average)
         else:
-            result = evaluate_workdir(args.workdir, args.split, args.checkpoint, args.dataset,
-                                      args.data_dir, args.flip_average)
+            result = evaluate_workdir(args.workdir, args.split, args.checkpoint or "best",
+                                      args.dataset, args.data_dir, args.flip_average)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -194,8 +194,11 @@ def test_evaluate_a_weights_file_without_a_training_run(trained, tmp_path, monke
     capsys.readouterr()
     assert evaluate.main([*args, "--weights", str(tmp_path / "other.npz")]) == 1
     assert "missing" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        evaluate.main(["--workdir", str(tmp_path), "--weights", "w.npz"])  # no --config
+    no_config = ["--workdir", str(tmp_path), "--weights", "w.npz"]
+    and_a_checkpoint = [*args, "--weights", "w.npz", "--checkpoint", "latest"]
+    for wrong in (no_config, and_a_checkpoint):
+        with pytest.raises(SystemExit):
+            evaluate.main(wrong)
 
 
 def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
