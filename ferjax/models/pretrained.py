@@ -109,8 +109,8 @@ def from_swin_transfer(state_dict: Mapping[str, np.ndarray]
     `state_dict` is not one. `encoder.` is dropped from the trunk's keys, `head` becomes
     the linear head's `fc`, and the encoder's unused final LayerNorm and face head are left
     out."""
-    keys = list(state_dict)
-    if "head.weight" not in keys or not any(k.startswith("encoder.layers.") for k in keys):
+    if "head.weight" not in state_dict or not any(k.startswith("encoder.layers.")
+                                                  for k in state_dict):
         return None
     out, unused = {}, 0
     for key, value in state_dict.items():
