@@ -12,8 +12,9 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_disable_most_optimizations", True)
-# One persistent compilation cache for the session (a fresh folder): the many tests that
-# train the same tiny config compile its step once (JAX caches compiles of 1 s or more).
+# One persistent compilation cache per test process (a fresh folder; `-n 2` runs two): the
+# many tests that train the same tiny config compile its step once (JAX caches compiles of
+# 1 s or more).
 # Commands run as subprocesses still compile afresh unless a test hands them a cache.
 _CACHE = tempfile.mkdtemp(prefix="ferjax-tests-jax-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
