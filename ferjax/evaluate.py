@@ -81,8 +81,8 @@ def model_from_weights(config, weights: str):
     from ferjax.presets import check_fields
 
     check_fields(config)
-    names = list(sources.open_split(sources.prepared_builder(config.data),
-                                    config.data.eval_split).class_names)
+    # The builder's metadata names the classes; the split's records are read once, later.
+    names = list(sources.prepared_builder(config.data).info.features["label"].names)
     model = build_model(config.model, num_classes=len(names),
                         image_size=config.data.image_size, rngs=nnx.Rngs(0))
     report = load_pretrained(model, weights, strict=True)

@@ -77,6 +77,10 @@ def test_bicubic_resize_gives_pillows_grey_levels_on_device_and_host(side, size)
     np.testing.assert_array_equal(pipeline.resize(img, size, "bicubic"), pil)
     with pytest.raises(ValueError, match="'nearest'"):
         augment.resize_batch(jnp.zeros((1, 4, 4, 3)), 8, "nearest")
+    with pytest.raises(ValueError, match="'nearest'"):
+        pipeline.resize(img, size, "nearest")
+    # Every method the config accepts (the device's list) has a host resize (Pillow's).
+    assert set(pipeline._PIL_FILTERS) == set(augment.RESIZE_METHODS)
 
 
 def test_opencv_aliases_when_shrinking_so_the_host_does_not_use_it():
