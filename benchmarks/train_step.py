@@ -170,8 +170,11 @@ def step_usage(compiled, flops: float, seconds_per_step: float,
     return " | ".join(cells)
 
 
-def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str = "joint"):
-    """The same step in PyTorch, warmed up; returns `time_steps(n)`: seconds per step."""
+def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str = "joint",
+                  microbatches: int = 1):
+    """The same step in PyTorch, warmed up; returns `time_steps(n)`: seconds per step.
+    With `microbatches` > 1 the batch's parts go through forward and backward in turn,
+    gradients accumulating, before the one optimizer step (PyTorch's gradient accumulation)."""
     import torch
 
     from benchmarks import torch_reference as R
@@ -196,7 +199,7 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
     weights = torch.ones(7, device=device)
     table = torch.full((7, 7), 0.05, device=device) + 0.65 * torch.eye(7, device=device)
 
-    def loss():
+    def loss(x, y):
         if preset == "baseline":
             return model.loss(x, y)
         if preset == "rul_cbam":
@@ -209,9 +212,10 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            value = loss()
-        value.backward()
+        for x_part, y_part in zip(x.chunk(microbatches), y.chunk(microbatches)):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                value = loss(x_part, y_part) / microbatches
+            value.backward()
         if preset == "mek_swin":  # the preset clips gradients at global norm 5
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
@@ -233,9 +237,10 @@ def torch_stepper(preset: str, batch: int, image: int, warmup: int, flip_bn: str
     return time_steps
 
 
-def serve_torch_steps(preset: str, batch: int, image: int, warmup: int, flip_bn: str) -> None:
+def serve_torch_steps(preset: str, batch: int, image: int, warmup: int, flip_bn: str,
+                      microbatches: int = 1) -> None:
     """The child's side of TorchChild: a warmed-up step, then one timing per stdin line."""
-    time_steps = torch_stepper(preset, batch, image, warmup, flip_bn)
+    time_steps = torch_stepper(preset, batch, image, warmup, flip_bn, microbatches)
     print("ready", flush=True)
     for line in sys.stdin:
         print(f"seconds {time_steps(int(line))!r}", flush=True)
@@ -272,10 +277,11 @@ class TorchChild:
     requests (blocked on a pipe)."""
 
     def __init__(self, preset: str, batch: int, image: int, warmup: int, flip_bn: str,
-                 malloc: str):
+                 malloc: str, microbatches: int = 1):
         code = ("import ferjax; " if malloc == "ferjax" else "") + (
             "from benchmarks.train_step import serve_torch_steps; "
-            f"serve_torch_steps({preset!r}, {batch}, {image}, {warmup}, {flip_bn!r})")
+            f"serve_torch_steps({preset!r}, {batch}, {image}, {warmup}, {flip_bn!r}, "
+            f"{microbatches})")
         env = torch_child_env(malloc)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -326,6 +332,9 @@ def main(argv=None) -> None:
                         help="the PyTorch process's malloc: glibc's default, glibc with "
                              "ferjax's settings, or tcmalloc (default: tcmalloc where this "
                              "process runs under it, else default)")
+    parser.add_argument("--microbatches", type=int, default=1,
+                        help="run each batch as this many parts in turn, gradients averaged "
+                             "(config.train.microbatches; PyTorch: backward per part)")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's dense bf16 peak in TFLOP/s, for MFU on a device "
                              "benchmarks.common.BF16_PEAK_FLOPS does not list")
@@ -346,9 +355,11 @@ def main(argv=None) -> None:
         # whose speed drifts by up to 20 % over minutes.
         time_jax, dispatch_time, compiled, flops = ferjax_stepper(
             preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment,
-            overrides={"data.host_image_size": args.host_image})
+            overrides={"data.host_image_size": args.host_image,
+                       "train.microbatches": args.microbatches})
         child = None if args.no_torch else TorchChild(
-            preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc)
+            preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc,
+            args.microbatches)
         t_jax, t_torch = [], []
         for _ in range(args.rounds):
             t_jax.append(time_jax(args.steps))
@@ -364,6 +375,8 @@ def main(argv=None) -> None:
             name += f", augment={args.augment}"
         if args.host_image not in (0, args.image):
             name += f", from {args.host_image} px"
+        if args.microbatches > 1:
+            name += f", {args.microbatches} microbatches"
         if args.torch_malloc != "default":
             name += f", PyTorch malloc={args.torch_malloc}"
         ratios = [t / j for t, j in zip(t_torch, t_jax)]
@@ -384,6 +397,7 @@ def main(argv=None) -> None:
                   f"{args.steps} --rounds {args.rounds} --warmup {args.warmup} --flip_bn "
                   f"{args.flip_bn} --augment {args.augment} --host_image {args.host_image} "
                   f"--torch_malloc {args.torch_malloc}"
+                  + (f" --microbatches {args.microbatches}" if args.microbatches > 1 else "")
                   + (f" --peak_tflops {args.peak_tflops:g}" if args.peak_tflops else "")
                   + f"`; ferjax's step gets uint8 batches at {args.host_image or args.image}"
                   f" px and resizes them to {args.image} on device, the PyTorch step ready "

@@ -42,6 +42,7 @@ class Recipe:
     needs_second_stream: bool
     image_size: int         # the model's input side; batches from the host are resized to it
     train_resize: str       # the training images' resize method (eval: bilinear)
+    microbatches: int       # parts of a batch run one after another (gradient accumulation)
 
 
 def make_recipe(config) -> Recipe:
@@ -56,10 +57,17 @@ def make_recipe(config) -> Recipe:
               "class_weight_reduction": loss.class_weight_reduction,
               "label_smoothing": loss.label_smoothing, "rsl_epsilon": loss.rsl_epsilon,
               "flip_bn": loss.flip_bn, "mix_group_size": int(loss.mix_group_size)}
+    microbatches = int(config.train.microbatches)
+    if microbatches < 1 or config.train.batch_size % microbatches:
+        raise ValueError(f"config.train.microbatches={config.train.microbatches} must be >= 1 "
+                         f"and divide config.train.batch_size={config.train.batch_size}")
+    part = config.train.batch_size // microbatches
     if loss.forward == "uncertainty_mix" and loss.mix_group_size > 0 and (
-            config.train.batch_size % loss.mix_group_size):
+            part % loss.mix_group_size):
         raise ValueError(f"config.loss.mix_group_size={loss.mix_group_size} does not divide "
-                         f"config.train.batch_size={config.train.batch_size}")
+                         f"config.train.batch_size={config.train.batch_size}"
+                         + (f" / config.train.microbatches={microbatches} = {part} (RUL "
+                            "pairs samples within a part)" if microbatches > 1 else ""))
     host_image_size(config.data)  # fail early on a bad value
     if config.data.train_resize not in augment_lib.RESIZE_METHODS:
         raise ValueError(f"config.data.train_resize={config.data.train_resize!r}; expected "
@@ -73,7 +81,7 @@ def make_recipe(config) -> Recipe:
                   augment_lib.parse_ops(config.augment), eval_ops,
                   bool(config.eval.flip_average), static,
                   loss.forward == "dual_branch", int(config.data.image_size),
-                  config.data.train_resize)
+                  config.data.train_resize, microbatches)
 
 
 def host_image_size(data_cfg) -> int:
@@ -174,6 +182,12 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         if config[group].batch_size % jax.device_count():
             raise ValueError(f"config.{group}.batch_size={config[group].batch_size} does not "
                              f"divide over {jax.device_count()} devices")
+    if recipe.microbatches > 1 and (config.train.batch_size // recipe.microbatches
+                                    % jax.device_count()):
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} in "
+                         f"config.train.microbatches={recipe.microbatches} parts does not "
+                         f"divide over {jax.device_count()} devices: each part is spread "
+                         "over all of them")
     train_split, eval_split = sources.open_train_and_eval(config.data)
     builder, final_splits, tracked = named_eval_splits(config)
     train_data = pipeline.train_dataset(
@@ -249,7 +263,9 @@ def describe_plan(config: ml_collections.ConfigDict, plan: Plan, workdir: str = 
            if o.classifier_lr_multiplier != 1 else ""),
         f"length: {plan.total_steps} steps = {plan.total_steps / plan.steps_per_epoch:g} "
         f"epochs of {plan.steps_per_epoch} steps; batch {t.batch_size} over "
-        f"{jax.device_count()} device(s) in {jax.process_count()} process(es); checkpoint "
+        f"{jax.device_count()} device(s) in {jax.process_count()} process(es)"
+        + (f", run as {t.microbatches} parts of {t.batch_size // t.microbatches} in turn "
+           "(gradients averaged)" if t.microbatches > 1 else "") + "; checkpoint "
         f"every {plan.ckpt_every} steps" + (f"; early stop after {t.early_stop_patience} "
                                              "evaluations without a new best"
                                              if t.early_stop_patience else "")]

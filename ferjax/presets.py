@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 64               # global batch (split over all devices)
+    t.microbatches = 1              # parts a batch runs as, one after another, gradients averaged
     t.epochs = 60                   # training length in epochs (when num_steps <= 0)
     t.num_steps = -1                # training length in steps; overrides epochs when > 0
     t.eval_every_steps = -1         # evaluation period; -1 = once per epoch

@@ -9,6 +9,7 @@ registered parts (`ferjax.methods`), `config.augment.ops` the on-device augmenta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -141,16 +142,14 @@ def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, clas
     nnx.reseed(model, dropout=k_dropout)
     ctx = methods.StepContext(class_weights, rebalance_weights, alpha, k_forward,
                               recipe.loss_static)
-
-    def loss_fn(m):
-        out = methods.FORWARDS.get(recipe.forward)(m, batch, ctx)
-        loss, terms = methods.total_loss(out, batch, ctx, recipe.terms)
-        return loss, (terms, out["logits"])
-
     keep = nnx.Not(nnx.RngState)
     # nnx.state holds live Variables: map it to snapshot the current array values.
     before = jax.tree.map(lambda x: x, nnx.state((model, optimizer), keep))
-    (loss, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    if recipe.microbatches == 1:
+        (loss, (terms, correct)), grads = nnx.value_and_grad(
+            lambda m: _loss(recipe, m, batch, ctx), has_aux=True)(model)
+    else:
+        loss, terms, correct, grads = _accumulated_loss_and_grads(recipe, model, batch, ctx)
     grad_norm = optax.tree.norm(grads)
     optimizer.update(model, grads)
     # A finite gradient can still give non-finite parameters (a NaN learning rate).
@@ -159,9 +158,53 @@ def _update(recipe: Recipe, model, optimizer, batch, step, base_key, alpha, clas
     after = nnx.state((model, optimizer), keep)
     nnx.update((model, optimizer),
                jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    accuracy = correct / batch["label"].shape[0]
     return {"loss": loss, "train_accuracy": accuracy, "grad_norm": grad_norm,
             "finite": finite, **{f"loss/{k}": v for k, v in terms.items()}}
+
+
+def _loss(recipe: Recipe, model, batch, ctx) -> tuple[jax.Array, tuple[dict, jax.Array]]:
+    """The method's weighted loss of `batch` -> (loss, (terms, number of correct argmaxes))."""
+    out = methods.FORWARDS.get(recipe.forward)(model, batch, ctx)
+    loss, terms = methods.total_loss(out, batch, ctx, recipe.terms)
+    correct = jnp.sum((jnp.argmax(out["logits"], -1) == batch["label"]).astype(jnp.float32))
+    return loss, (terms, correct)
+
+
+def _accumulated_loss_and_grads(recipe: Recipe, model, batch, ctx):
+    """Gradient accumulation: `batch` (N samples) run as k = recipe.microbatches parts of
+    N/k, one after another in a `lax.scan`, so only one part's activations are alive.
+
+    Returns (mean loss, mean terms, correct count, mean gradient). Each part's loss is its
+    own mean, as k backward passes before one PyTorch `optimizer.step()` give; BatchNorm
+    normalises with each part's statistics and updates its running averages once per part;
+    RUL pairs samples within a part. Part j holds samples j, j + k, j + 2k, ..., so with
+    the batch sharded over devices every part is spread over all of them.
+    """
+    k = recipe.microbatches
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    parts = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+                         batch)
+
+    def part_loss(params, rest, part, key):
+        # Fresh Variables for `rest` (BatchNorm statistics, RNG counts): grad does not
+        # re-create its non-differentiated arguments, and they are updated in its trace.
+        m = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+        loss, aux = _loss(recipe, m, part, dataclasses.replace(ctx, key=key))
+        return loss, (aux, nnx.split(m, nnx.Param, ...)[2])
+
+    def accumulate(carry, xs):
+        rest, grad_sum = carry
+        (loss, ((terms, correct), rest)), grads = jax.value_and_grad(
+            part_loss, has_aux=True)(params, rest, *xs)
+        return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (loss, terms, correct)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (rest, grad_sum), (losses, terms, correct) = jax.lax.scan(
+        accumulate, (rest, zeros), (parts, jax.random.split(ctx.key, k)))
+    nnx.update(model, rest)
+    return (jnp.mean(losses), jax.tree.map(jnp.mean, terms), jnp.sum(correct),
+            jax.tree.map(lambda g: g / k, grad_sum))
 
 
 def class_probabilities(model, x: jax.Array, flip_average: bool = False) -> jax.Array:

@@ -178,15 +178,61 @@ def test_sharded_step_matches_single_device(data_dir):
     config.optim.name = "sgd"
     config.optim.momentum = 0.0
     batch = random_batch()
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()[:4]):
-        metrics, model = one_step(config, devices, batch)
-        results.append((float(metrics["loss"]),
-                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
     assert len(jax.devices()) == 4
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-    for a, b in zip(results[0][1], results[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Also in 2 parts of 4 (gradient accumulation): RUL pairs within a part, BatchNorm
+    # takes each part's statistics, and each part is spread over the 4 devices.
+    for microbatches in (1, 2):
+        config.train.microbatches = microbatches
+        results = []
+        for devices in (jax.devices()[:1], jax.devices()[:4]):
+            metrics, model = one_step(config, devices, batch)
+            results.append((float(metrics["loss"]),
+                            [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+        np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+        for a, b in zip(results[0][1], results[1][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The running averages that the parts updated inside the step were kept.
+    initial = train.make_model_and_optimizer(config, 7, 8, 6)[0]
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+        jax.tree.leaves(nnx.state(model, nnx.BatchStat)),
+        jax.tree.leaves(nnx.state(initial, nnx.BatchStat)))]
+    assert len(moved) > 10 and min(moved) > 1e-4
+
+
+def test_microbatches_sum_to_the_whole_batch_gradient(data_dir):
+    """Without batch statistics (Swin: LayerNorm, no BatchNorm; stochastic depth off) and
+    with per-sample mean losses (MEK's RSL and RAC), a batch run as 2 parts on 4 devices
+    takes the same step as the whole batch on one."""
+    config = load_config("mek_swin,smoke", data_dir)
+    config.model.update(drop_path=0.0, embed_dim=16, depths=(1, 1), num_heads=(1, 2))
+    config.optim.name = "sgd"
+    config.optim.momentum = 0.0
+    results = []
+    for microbatches, devices in ((1, jax.devices()[:1]), (2, jax.devices()[:4])):
+        config.train.microbatches = microbatches
+        metrics, model = one_step(config, devices, random_batch())
+        results.append(({k: float(v) for k, v in metrics.items()},
+                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+    (whole, whole_params), (parts, parts_params) = results
+    assert whole.keys() == parts.keys() >= {"loss", "loss/rsl", "loss/rac", "train_accuracy"}
+    for name, value in whole.items():
+        assert parts[name] == pytest.approx(value, rel=1e-5), name
+    assert whole["grad_norm"] > 0.1  # the step moved the parameters
+    for a, b in zip(whole_params, parts_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_microbatches_must_divide_the_batch_over_the_devices():
+    config = load_config("rul_cbam,smoke", "unused")  # batch 16
+    config.train.microbatches = 3
+    with pytest.raises(ValueError, match=r"config\.train\.microbatches=3 .*batch_size=16"):
+        train.make_recipe(config)
+    config.train.microbatches, config.loss.mix_group_size = 2, 16
+    with pytest.raises(ValueError, match=r"mix_group_size=16 .*microbatches=2 = 8"):
+        train.make_recipe(config)
+    config.train.microbatches, config.loss.mix_group_size = 8, 0
+    with pytest.raises(ValueError, match=r"microbatches=8 parts does not divide over 4 dev"):
+        train.make_plan(config)
 
 
 @pytest.mark.parametrize("method", ["rul_cbam", "mek"])
