@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.max_nonfinite_steps = 10      # with 'skip': stop after this many bad steps
     t.progress_bar = True           # tqdm progress bar with rate and ETA
     t.tensorboard = True            # TensorBoard event files (tensorboardX) besides JSONL
+    t.profile_steps = 0             # jax.profiler trace of this many steps to <workdir>/profile
 
     c.eval = e = ml_collections.ConfigDict()
     e.batch_size = 256              # global eval batch (padded; every example counts once)

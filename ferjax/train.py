@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import console, files, methods, metrics as metrics_lib, run_records
+from ferjax import console, files, methods, metrics as metrics_lib, profiling, run_records
 from ferjax.checkpoint import Checkpointer, DamagedCheckpointError
 from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
@@ -514,6 +514,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return summary
 
     train_iter = iter(train_data.dataset_from(start_step))  # batch s feeds step s
+    # The process's first step compiles; the trace starts after it.
+    trace = profiling.StepTrace(workdir, start_step + 1, config.train.profile_steps)
     with _Preemption(sync_every=config.train.log_every_steps) as preemption, \
             jax.set_mesh(mesh):
         try:
@@ -523,11 +525,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 waited_from = time.time()
                 batch = to_global(next(train_iter), data_sharding)
                 train_log.input_wait += time.time() - waited_from
+                trace.before_step(step, state)
                 state, metrics = train_step(state, batch, jnp.int32(step), base_key,
                                             jnp.float32(alpha), class_weights,
                                             rebalance_weights)
                 train_log.add(metrics)
                 step += 1
+                trace.after_step(step, state)
                 stop = preemption.check(step)
                 boundary = step % eval_every == 0 or step % ckpt_every == 0 \
                     or step == total_steps or stop
@@ -560,6 +564,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 run_records.tracked_summary(history, ckpt.best_step()))
             writer.write_text(step, "eval/per_class", result.get("per_class_table", ""))
         finally:
+            trace.close(step=step)
             train_log.close()
             writer.close()
             _close(ckpt, train_iter)

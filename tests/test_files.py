@@ -111,3 +111,25 @@ def test_a_busy_bucket_log_uploads_at_most_once_per_period_and_on_flush(bucket):
     log.append("d")
     log.close()
     assert files.read_text(path) == "a\nb\nc\nd\n"
+
+
+def test_a_profiler_trace_of_a_bucket_run_is_copied_into_it(bucket, caplog):
+    import jax
+    import jax.numpy as jnp
+
+    from ferjax import profiling
+
+    trace, step_fn, state = profiling.StepTrace(bucket, 1, 2), jax.jit(lambda x: x * 2), \
+        jnp.ones(3)
+    with caplog.at_level("INFO", logger="ferjax"):
+        for step in range(4):  # the loop's calls; steps 2 and 3 (indices 1, 2) are traced
+            trace.before_step(step, state)
+            if step == 1:
+                local = trace.local_dir
+            state = step_fn(state)
+            trace.after_step(step + 1, state)
+        trace.close(step=4)
+    assert f"profile of steps 2-3 in {bucket}/profile" in caplog.text
+    stored = [key for key in FakeGCS.store if "/runs/mek/profile/plugins/profile/" in key]
+    assert {os.path.splitext(key)[1] for key in stored} >= {".pb", ".gz"}
+    assert not os.path.exists(local)  # the local copy is gone

@@ -282,8 +282,12 @@ def test_without_a_terminal_progress_is_logged_as_lines(data_dir, tmp_path, capl
     monkeypatch.setattr(train, "PROGRESS_LINE_EVERY_S", 0.0)
     config = load_config("baseline,smoke", data_dir)
     config.train.num_steps, config.train.eval_every_steps = 8, 8  # windows end at 2, 4, 6, 8
+    config.train.profile_steps = 2  # and a profiler trace of steps 2 and 3
     with caplog.at_level(logging.INFO, logger="ferjax"):
         train.train_and_evaluate(config, str(tmp_path))
+    assert f"profile of steps 2-3 in {tmp_path / 'profile'}" in caplog.text
+    runs = list((tmp_path / "profile" / "plugins" / "profile").iterdir())
+    assert len(runs) == 1 and {p.suffix for p in runs[0].iterdir()} >= {".pb", ".gz"}
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split(" ")[1] for line in lines] == ["4/8", "6/8", "8/8"]
     assert re.fullmatch(r"step 6/8 \(epoch 0\.75\): loss \d+\.\d{4}  train accuracy [\d.]+ %  "
