@@ -34,7 +34,7 @@ class StepTrace:
 
     def __init__(self, workdir: str, first_step: int, count: int):
         self.workdir, self.first, self.count = workdir, first_step, count
-        self.local_dir = ""
+        self.local_dir, self.traced = "", False
 
     def before_step(self, step: int, state) -> None:
         if self.count > 0 and step == self.first and not self.local_dir:
@@ -52,6 +52,9 @@ class StepTrace:
     def close(self, state=None, step: int | None = None) -> None:
         if self.local_dir:
             self._stop(state, step)
+        elif self.count > 0 and not self.traced:
+            log.warning("config.train.profile_steps=%d: nothing was traced, as this run had "
+                        "no step after its first (which compiles)", self.count)
 
     def _stop(self, state, step) -> None:
         if state is not None:
@@ -70,4 +73,4 @@ class StepTrace:
         last = self.first + self.count if step is None else step
         log.info("profile of steps %d-%d in %s (TensorBoard's Profile tab; "
                  "perfetto_trace.json.gz for ui.perfetto.dev)", self.first + 1, last, where)
-        self.local_dir = ""
+        self.local_dir, self.traced = "", True

@@ -133,3 +133,10 @@ def test_a_profiler_trace_of_a_bucket_run_is_copied_into_it(bucket, caplog):
     stored = [key for key in FakeGCS.store if "/runs/mek/profile/plugins/profile/" in key]
     assert {os.path.splitext(key)[1] for key in stored} >= {".pb", ".gz"}
     assert not os.path.exists(local)  # the local copy is gone
+    # A run with no step after its first says that it traced nothing.
+    short = profiling.StepTrace(bucket, 1, 2)
+    short.before_step(0, state)
+    short.after_step(1, step_fn(state))
+    with caplog.at_level("INFO", logger="ferjax"):
+        short.close(step=1)
+    assert "profile_steps=2: nothing was traced" in caplog.text
