@@ -28,6 +28,7 @@ from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
 from ferjax.losses import cumulative_alpha
 from ferjax.models import apply_pretrained, build_model, count_params
+from ferjax.models.layers import loop_body_convolutions
 from ferjax.optim import current_lr, make_optimizer
 from ferjax.plan import (Plan, Recipe, host_image_size, loss_weight_vectors, make_plan,
                          make_recipe, warn_if_flip_consistency_unattainable)
@@ -200,8 +201,9 @@ def _accumulated_loss_and_grads(recipe: Recipe, model, batch, ctx):
         return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (loss, terms, correct)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (rest, grad_sum), (losses, terms, correct) = jax.lax.scan(
-        accumulate, (rest, zeros), (parts, jax.random.split(ctx.key, k)))
+    with loop_body_convolutions():  # XLA:CPU's convolution gradients are slow in loops
+        (rest, grad_sum), (losses, terms, correct) = jax.lax.scan(
+            accumulate, (rest, zeros), (parts, jax.random.split(ctx.key, k)))
     nnx.update(model, rest)
     return (jnp.mean(losses), jax.tree.map(jnp.mean, terms), jnp.sum(correct),
             jax.tree.map(lambda g: g / k, grad_sum))

@@ -373,6 +373,35 @@ def test_cpu_conv_on_maps_smaller_than_the_kernel_matches_lax(kernel, stride, si
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,stride,size,pad", [(3, 1, 9, 1), (3, 2, 9, 1), (7, 2, 16, 3),
+                                                    (1, 2, 8, 0), (5, 3, 16, 2)])
+def test_convolution_traced_in_a_loop_body_has_the_gradients_of_lax(kernel, stride, size,
+                                                                    pad):
+    """Inside `loop_body_convolutions` (the microbatch scan) a CPU convolution's
+    hand-written gradients equal lax's, strides whose windows leave rows unread included
+    (10 px at stride 2, 17 at stride 3), and its jaxpr holds them; outside it, lax's."""
+    x = jax.random.normal(jax.random.key(1), (3, size, size + 1, 4))
+    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 4, 5))
+    padding = ((pad, pad), (pad, pad))
+
+    def conv_sum(conv, x, w):
+        return jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=(
+            jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))))))
+
+    def ours(x, w):
+        return conv_sum(conv_general_dilated, x, w)
+
+    with layers.loop_body_convolutions():
+        assert "custom_vjp_call" in str(jax.make_jaxpr(ours)(x, w))
+        got = jax.grad(ours, (0, 1))(x, w)
+    # (a new function: JAX reuses the trace of one it has seen, whatever the context)
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(
+        lambda x, w: conv_sum(conv_general_dilated, x, w))(x, w))
+    want = jax.grad(lambda x, w: conv_sum(jax.lax.conv_general_dilated, x, w), (0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_a_large_batch_is_one_xla_convolution():
     """No batch slices on CPU (5-9 % slower on ResNet-18, benchmarks/RESULTS.md): 64 images
     of 56x56x64 (49 MiB) go to XLA as one strided convolution (a stride-1 one would take

@@ -7,6 +7,8 @@ the torchvision key layout import one to one (see `ferjax.models.pretrained`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Callable
 
@@ -89,9 +91,72 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
         tile = winograd.choose_tile(min(lhs.shape[1:3]), *rhs.shape[2:])
         if tile:
             return winograd.conv3x3(lhs, rhs, tile)
+    if (cpu_nhwc and _IN_LOOP.get() and precision is None
+            and all(v is None for v in kwargs.values())):
+        return conv_with_canonical_grads(lhs, rhs, tuple(window_strides),
+                                         tuple(map(tuple, padding)))
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
+
+
+# Set while a loop body (train.microbatches' lax.scan) is traced; see loop_body_convolutions.
+_IN_LOOP = contextvars.ContextVar("ferjax_conv_in_loop", default=False)
+
+
+@contextlib.contextmanager
+def loop_body_convolutions():
+    """Convolutions traced inside this context, on CPU, get `conv_with_canonical_grads`.
+
+    XLA:CPU brings a convolution gradient's operands into the one layout its fast kernel
+    takes only outside loops; inside a `while` body it runs them as they come, 20-40x
+    slower (jax-ml/jax#12868; a 3x3 32->32 gradient on 8x28x28: 4.3 ms outside, 177 ms in
+    a 2-step scan; benchmarks/RESULTS.md)."""
+    token = _IN_LOOP.set(True)
+    try:
+        yield
+    finally:
+        _IN_LOOP.reset(token)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_with_canonical_grads(x: Array, w: Array, strides: tuple, padding: tuple) -> Array:
+    """NHWC x HWIO convolution whose gradients are themselves NHWC x HWIO convolutions
+    (the form XLA:CPU runs fast), with the transposes written out:
+
+      dx = (g dilated by the stride) correlated with the flipped kernel, in/out swapped;
+      dw = x with (channels, batch) as (batch, features), correlated with g as the kernel,
+           dilated by the stride.
+    """
+    return _conv_nhwc(x, w, strides, padding)
+
+
+def _conv_nhwc(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation,
+                                        ("NHWC", "HWIO", "NHWC"))
+
+
+def _canonical_fwd(x, w, strides, padding):
+    return _conv_nhwc(x, w, strides, padding), (x, w)
+
+
+def _canonical_bwd(strides, padding, residuals, g):
+    x, w = residuals
+    kernel, size, out = w.shape[:2], x.shape[1:3], g.shape[1:3]
+    # dx: padded so that the (Ho-1)·s+1 dilated rows grow back to H + k - 1.
+    dx_pad = [(k - 1 - lo, n + lo - (m - 1) * s - 1)
+              for k, n, m, s, (lo, _) in zip(kernel, size, out, strides, padding)]
+    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    dx = _conv_nhwc(g, w_flipped, (1, 1), dx_pad, lhs_dilation=strides)
+    # dw: rows the strided windows never reached are cut from the high padding.
+    dw_pad = [(lo, hi - (n + lo + hi - k) % s)
+              for k, n, s, (lo, hi) in zip(kernel, size, strides, padding)]
+    dw = _conv_nhwc(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1),
+                    dw_pad, rhs_dilation=strides)
+    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+conv_with_canonical_grads.defvjp(_canonical_fwd, _canonical_bwd)
 
 
 def _smaller_than_kernel(size, kernel, strides, padding) -> bool:

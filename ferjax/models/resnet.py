@@ -59,7 +59,7 @@ class ResNet18(nnx.Module):
         cbam_kw = dict(cbam_reduction=cbam_reduction, cbam_gate_bias=cbam_gate_bias)
         self.conv1 = nnx.Conv(3, width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                               use_bias=False, kernel_init=layers.conv_init, dtype=dtype,
-                              rngs=rngs)
+                              rngs=rngs, conv_general_dilated=layers.conv_general_dilated)
         self.bn1 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
         widths = [width, 2 * width, 4 * width, 8 * width]
         in_ch = width
