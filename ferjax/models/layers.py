@@ -55,9 +55,10 @@ def linear(in_features: int, out_features: int, *, bias_init=None, dtype: Dtype 
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs) -> Array:
-    """`lax.conv_general_dilated`, except on CPU for NHWC maps smaller than the kernel, and
-    for 3x3 stride-1 convolutions wide enough to gain from Winograd's algorithm
-    (`winograd.choose_tile`: ResNet-18's step at 224 px, 569 -> 506 ms).
+    """`lax.conv_general_dilated`, except on CPU for NHWC maps smaller than the kernel, for
+    3x3 stride-1 convolutions wide enough to gain from Winograd's algorithm
+    (`winograd.choose_tile`: ResNet-18's step at 224 px, 569 -> 506 ms), and for the others
+    inside a loop body (`loop_body_convolutions`).
 
     XLA:CPU swaps the operands of a convolution whose kernel is larger than its input
     (a 3x3 kernel on ResNet's 2x2 last map at 64 px) into a layout its fast path does not
