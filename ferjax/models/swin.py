@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ferjax.models import layers
+
 # The reference initialises every Linear with N(0, 0.02²) truncated at ±2, biases at 0.
 _trunc_normal = nnx.initializers.truncated_normal(0.02)
 _MASKED = -100.0  # the reference's additive mask between tokens of different regions
@@ -186,8 +188,11 @@ class PatchEmbed(nnx.Module):
     """Non-overlapping p×p patches -> `dim` channels (a stride-p convolution), LayerNorm."""
 
     def __init__(self, patch_size: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
+        # Explicit zero padding ('VALID') so that layers' CPU convolution takes it, which
+        # in the microbatch loop writes out its gradients (215 -> 36 ms for 4 parts of 8).
         self.proj = nnx.Conv(3, dim, (patch_size, patch_size), strides=patch_size,
-                             padding="VALID", dtype=dtype, rngs=rngs)
+                             padding=((0, 0), (0, 0)), dtype=dtype, rngs=rngs,
+                             conv_general_dilated=layers.conv_general_dilated)
         self.norm = _layer_norm(dim, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
