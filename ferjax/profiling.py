@@ -26,7 +26,7 @@ class StepTrace:
         trace = StepTrace(workdir, first_step=start_step + 1, count=5)
         trace.before_step(step, state)   # before the step call of step `step`
         trace.after_step(step, state)    # after it, `step` now the number of steps done
-        trace.close()                    # at the end (stops a trace the loop cut short)
+        trace.close(step)                # at the end (stops a trace the loop cut short)
 
     The state is waited for at both ends, so the trace holds exactly those steps, not the
     tail of the compilation or of queued work. `count` 0 traces nothing.
@@ -47,16 +47,18 @@ class StepTrace:
 
     def after_step(self, step: int, state) -> None:
         if self.local_dir and step == self.first + self.count:
-            self._stop(state, step)
+            self._stop(step, state)
 
-    def close(self, state=None, step: int | None = None) -> None:
+    def close(self, step: int) -> None:
+        """Ends the trace if it runs; `step`: the number of steps done. A loop cut short
+        (preemption, an error) is not waited for: its queued work may be traced in part."""
         if self.local_dir:
-            self._stop(state, step)
+            self._stop(step)
         elif self.count > 0 and not self.traced:
             log.warning("config.train.profile_steps=%d: nothing was traced, as this run had "
                         "no step after its first (which compiles)", self.count)
 
-    def _stop(self, state, step) -> None:
+    def _stop(self, step: int, state=None) -> None:
         if state is not None:
             jax.block_until_ready(state)
         jax.profiler.stop_trace()
@@ -70,7 +72,6 @@ class StepTrace:
                         files.write_bytes(files.join(where, rel), f.read())
             shutil.rmtree(self.local_dir, ignore_errors=True)
         # Counted from 1, as the log's "step 6/8" (the loop's index `first` is step first + 1).
-        last = self.first + self.count if step is None else step
         log.info("profile of steps %d-%d in %s (TensorBoard's Profile tab; "
-                 "perfetto_trace.json.gz for ui.perfetto.dev)", self.first + 1, last, where)
+                 "perfetto_trace.json.gz for ui.perfetto.dev)", self.first + 1, step, where)
         self.local_dir, self.traced = "", True
