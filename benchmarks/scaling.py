@@ -35,14 +35,15 @@ def main(argv=None) -> None:
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from benchmarks.common import append_result, machine_summary
-    from ferjax import train
+    from ferjax.plan import make_recipe
+    from ferjax.steps import make_mesh, make_train_step, replicated_model_and_optimizer, to_global
     from ferjax.checkpoint import model_state
     from ferjax.presets import load_config_file
 
     config = load_config_file(ROOT / "configs" / "synthetic.py", args.preset)
     config.data.image_size = args.image
     config.optim.name, config.optim.momentum = "sgd", 0.0  # keeps float noise unamplified
-    recipe = train.make_recipe(config)
+    recipe = make_recipe(config)
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 255, (args.batch, args.image, args.image, 3), np.uint8),
             "label": rng.integers(0, 7, args.batch).astype(np.int32)}
@@ -52,11 +53,11 @@ def main(argv=None) -> None:
     for n in (1, 2, 4, 8):
         if n > jax.device_count() or args.batch % n:
             continue
-        mesh = train.make_mesh(jax.devices()[:n])
-        model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 1000)
+        mesh = make_mesh(jax.devices()[:n])
+        model, optimizer = replicated_model_and_optimizer(config, mesh, 7, 100, 1000)
         with jax.set_mesh(mesh):
-            step, state, write_back = train.make_train_step(recipe, model, optimizer)
-            batch = train.to_global(host, NamedSharding(mesh, P("data")))
+            step, state, write_back = make_train_step(recipe, model, optimizer)
+            batch = to_global(host, NamedSharding(mesh, P("data")))
             extra = (jnp.float32(0.5), jnp.ones(7), jnp.ones(7))
             state, first = step(state, batch, jnp.int32(0), jax.random.key(0), *extra)
             write_back(state)

@@ -60,7 +60,8 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from ferjax import train
+    from ferjax.plan import host_image_size, make_recipe
+    from ferjax.steps import make_mesh, make_train_step, replicated_model_and_optimizer, to_global
     from ferjax.presets import load_config_file
 
     config = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" /
@@ -73,19 +74,19 @@ def ferjax_stepper(preset: str, batch: int, image: int, dtype: str, warmup: int,
         config.augment.ops = ("normalize",)
     for key, value in (overrides or {}).items():
         set_config_field(config, key, value)
-    batch, side = config.train.batch_size, train.host_image_size(config.data)
-    recipe = train.make_recipe(config)
-    mesh = train.make_mesh()
+    batch, side = config.train.batch_size, host_image_size(config.data)
+    recipe = make_recipe(config)
+    mesh = make_mesh()
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 255, (batch, side, side, 3), dtype=np.uint8),
             "label": rng.integers(0, 7, batch).astype(np.int32)}
     if recipe.needs_second_stream:
         host["image_rev"] = host["image"][::-1].copy()
         host["label_rev"] = host["label"][::-1].copy()
-    model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 100, 10_000)
+    model, optimizer = replicated_model_and_optimizer(config, mesh, 7, 100, 10_000)
     with jax.set_mesh(mesh):
-        step_fn, state, _ = train.make_train_step(recipe, model, optimizer)
-        gbatch = train.to_global(host, NamedSharding(mesh, P("data")))
+        step_fn, state, _ = make_train_step(recipe, model, optimizer)
+        gbatch = to_global(host, NamedSharding(mesh, P("data")))
         key, weights = jax.random.key(0), jnp.ones(7)
 
         traced = step_fn.trace(state, gbatch, jnp.int32(0), key, jnp.float32(0.5), weights,

@@ -114,6 +114,8 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ferjax import metrics, train
+    from ferjax.plan import make_recipe
+    from ferjax.steps import make_eval_step, make_mesh, replicate
     from ferjax.data import sources
 
     if flip_average is not None:
@@ -131,11 +133,11 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
         eval_split = sources.open_eval_split(builder, data_cfg, split)
     if not len(eval_split):
         raise ValueError(f"{data_cfg.name}/{split} has no image of the model's classes")
-    mesh = train.make_mesh()
-    recipe = train.make_recipe(config)
+    mesh = make_mesh()
+    recipe = make_recipe(config)
     with jax.set_mesh(mesh):
-        train.replicate(model, mesh)
-        cm = train.evaluate(model, train.make_eval_step(recipe, len(names)), eval_split, config,
+        replicate(model, mesh)
+        cm = train.evaluate(model, make_eval_step(recipe, len(names)), eval_split, config,
                             NamedSharding(mesh, P("data")), len(names), f"{data_cfg.name}/{split}")
     summary = metrics.accuracy_summary(cm)
     table = metrics.per_class_table(summary, names)

@@ -1,7 +1,8 @@
 """Train and evaluate: python -m ferjax.main --config configs/rafdb.py:mek --workdir DIR
 
-Kept short on purpose: everything lives in `ferjax.train` so notebooks and tests can call
-`train_and_evaluate(config, workdir)` directly.
+Kept short on purpose: the loop lives in `ferjax.train` and its jitted steps in
+`ferjax.steps`, so notebooks and tests can call `train_and_evaluate(config, workdir)` or
+the steps directly.
 """
 
 from __future__ import annotations

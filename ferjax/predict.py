@@ -50,7 +50,8 @@ def predict_files(workdir: str, paths: list[str], which: str = "best",
     from ferjax.data import augment
     from ferjax.data.images import BadImageError, open_rgb
     from ferjax.data.pipeline import resize
-    from ferjax.train import class_probabilities, make_recipe
+    from ferjax.plan import make_recipe
+    from ferjax.steps import class_probabilities
     from ferjax.workdir import restore_model
 
     config, model, names, _ = restore_model(workdir, which)

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import run_records, train
+from ferjax import run_records, steps, train
 from ferjax.checkpoint import Checkpointer, model_state
 from ferjax.models import build_model
 from ferjax.metrics import HEADLINE
@@ -110,7 +110,7 @@ def test_host_image_size_and_train_resize_have_defaults_and_name_a_bad_value():
 
 
 def _params(workdir, config):
-    model, optimizer = train.make_model_and_optimizer(config, 7, 8, 6)
+    model, optimizer = steps.make_model_and_optimizer(config, 7, 8, 6)
     Checkpointer(workdir).restore(model, optimizer)
     return jax.tree.leaves(model_state(model))
 
@@ -156,12 +156,12 @@ def random_batch() -> dict:
 def one_step(config, devices, batch):
     """(metrics, model after it) of one train step of `config` on `devices`, from the
     config's initial parameters."""
-    mesh = train.make_mesh(devices)
-    model, optimizer = train.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
+    mesh = steps.make_mesh(devices)
+    model, optimizer = steps.replicated_model_and_optimizer(config, mesh, 7, 8, 6)
     with jax.set_mesh(mesh):
-        step, state, write_back = train.make_train_step(train.make_recipe(config), model,
+        step, state, write_back = steps.make_train_step(train.make_recipe(config), model,
                                                         optimizer)
-        state, metrics = step(state, train.to_global(batch, NamedSharding(mesh, P("data"))),
+        state, metrics = step(state, steps.to_global(batch, NamedSharding(mesh, P("data"))),
                               jnp.int32(0), jax.random.key(0), jnp.float32(1.0), jnp.ones(7),
                               jnp.ones(7))
         write_back(state)
@@ -192,7 +192,7 @@ def test_sharded_step_matches_single_device(data_dir):
         for a, b in zip(results[0][1], results[1][1]):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The running averages that the parts updated inside the step were kept.
-    initial = train.make_model_and_optimizer(config, 7, 8, 6)[0]
+    initial = steps.make_model_and_optimizer(config, 7, 8, 6)[0]
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
         jax.tree.leaves(nnx.state(model, nnx.BatchStat)),
         jax.tree.leaves(nnx.state(initial, nnx.BatchStat)))]
@@ -403,14 +403,14 @@ def test_flip_average_is_the_mean_of_image_and_mirror(data_dir):
     model = nnx.view(build_model(config.model, num_classes=7, image_size=32, rngs=nnx.Rngs(0)),
                      deterministic=True, use_running_average=True, raise_if_not_found=False)
     x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
-    plain = train.class_probabilities(model, x)
-    mirrored = train.class_probabilities(model, x[:, :, ::-1])
-    both = train.class_probabilities(model, x, flip_average=True)
+    plain = steps.class_probabilities(model, x)
+    mirrored = steps.class_probabilities(model, x[:, :, ::-1])
+    both = steps.class_probabilities(model, x, flip_average=True)
     np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-6)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the model is not flip-invariant
     symmetric = jnp.concatenate([x[:, :, :16], x[:, :, :16][:, :, ::-1]], axis=2)
-    np.testing.assert_allclose(train.class_probabilities(model, symmetric, True),
-                               train.class_probabilities(model, symmetric), atol=1e-6)
+    np.testing.assert_allclose(steps.class_probabilities(model, symmetric, True),
+                               steps.class_probabilities(model, symmetric), atol=1e-6)
 
 
 def test_evaluations_since_best_counts_after_the_first_maximum():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ferjax import train
+from ferjax import steps
 from ferjax.models import layers, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -106,7 +106,7 @@ def test_winograd_step_is_the_same_sharded_over_four_devices(axis_type):
         return jnp.sum(winograd.conv3x3(x, w, 2) * g)
 
     single = jax.jit(jax.value_and_grad(loss, (0, 1)))(x, kernel)
-    mesh = (train.make_mesh(jax.devices()[:4]) if axis_type == "auto" else
+    mesh = (steps.make_mesh(jax.devices()[:4]) if axis_type == "auto" else
             jax.make_mesh((4,), ("data",), devices=jax.devices()[:4],
                           axis_types=(jax.sharding.AxisType.Explicit,)))
     with jax.set_mesh(mesh):
