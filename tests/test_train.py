@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ferjax import run_records, steps, train
 from ferjax.checkpoint import Checkpointer, model_state
-from ferjax.models import build_model
+from ferjax.models import build_model, layers
 from ferjax.metrics import HEADLINE
 from ferjax.presets import load_config_file
 
@@ -251,6 +251,32 @@ def test_bfloat16_step_agrees_with_float32(method, data_dir):
     for name, value in terms[0].items():
         assert np.isfinite(terms[1][name]), name
         assert terms[1][name] == pytest.approx(value, rel=0.02, abs=1e-3), name
+
+
+@pytest.mark.parametrize("method", ["mek", "rlrcnet"])
+def test_accelerator_ops_take_the_step_of_the_cpu_fast_paths(method, data_dir, monkeypatch):
+    """The step as a GPU or TPU runs it (XLA's own convolutions, pools and depthwise
+    convolutions, no fences) equals the step of the CPU forms, from the same parameters and
+    batch: loss terms, gradient norm and updated parameters. mek: ResNet-18 at 32 px, maps
+    down to 1 px (Winograd, shifted views, the max pool); rlrcnet: ShuffleNetV2's depthwise
+    convolutions in both branches."""
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(layers, "cpu_fast_paths", lambda: fast)
+        config = load_config(f"{method},smoke", data_dir)
+        config.optim.name, config.optim.momentum = "sgd", 0.0
+        batch = random_batch()
+        if method == "rlrcnet":  # the reversed sampler's stream
+            batch.update(image_rev=batch["image"][::-1].copy(), label_rev=batch["label"][::-1])
+        metrics, model = one_step(config, jax.devices()[:1], batch)
+        results.append(({k: float(v) for k, v in metrics.items()},
+                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+    (cpu, cpu_params), (accelerator, accelerator_params) = results
+    assert cpu.keys() == accelerator.keys() and cpu["grad_norm"] > 0.1
+    for name, value in cpu.items():
+        assert accelerator[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for a, b in zip(cpu_params, accelerator_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_nonfinite_loss_stops_before_writing_a_checkpoint(data_dir, tmp_path):

@@ -25,6 +25,13 @@ Dtype = Any
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def cpu_fast_paths() -> bool:
+    """Whether ops take the CPU forms below (Winograd, shifted views, hand-written pool
+    and depthwise gradients, fusion fences) rather than XLA's own, as GPUs and TPUs do.
+    One switch, so that tests can run the accelerator forms on CPU."""
+    return jax.default_backend() == "cpu"
+
+
 def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1,
          bias: bool = False, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.Conv:
     """A torch-style convolution: square kernel, padding kernel // 2 on every side."""
@@ -74,7 +81,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
     measured before ferjax's malloc settings stopped the step's buffers being faulted in
     anew every step, and was not measured again there.
     """
-    on_cpu = jax.default_backend() == "cpu" and lhs.ndim == 4
+    on_cpu = cpu_fast_paths() and lhs.ndim == 4
     dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     plain = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
@@ -212,7 +219,7 @@ class DepthwiseConv(nnx.Module):
             x, w = x.astype(self.dtype), w.astype(self.dtype)
         k, s = w.shape[0], self.stride
         pad = k // 2
-        if jax.default_backend() != "cpu":
+        if not cpu_fast_paths():
             return jax.lax.conv_general_dilated(
                 x, w, (s, s), ((pad, pad), (pad, pad)),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
@@ -378,7 +385,7 @@ def materialize(x: Array) -> Array:
     collective each time (mek at 64 px on 8 fake devices: 256 -> 228 images/s).
     """
     several_devices = jax.sharding.get_abstract_mesh().size > 1
-    return x if jax.default_backend() != "cpu" or several_devices else fusion_fence(x)
+    return x if not cpu_fast_paths() or several_devices else fusion_fence(x)
 
 
 materialize.defvjp(lambda x: (materialize(x), None), lambda _, g: (g,))
@@ -393,7 +400,7 @@ def max_pool_3x3_s2(x: Array) -> Array:
     forward keeps which tap won each window (int8) for the backward. Same values and, like
     torch, the gradient goes to the first maximum of each window.
     """
-    if jax.default_backend() != "cpu":
+    if not cpu_fast_paths():
         return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return _strided_max_pool(x)
 
