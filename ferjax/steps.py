@@ -29,6 +29,7 @@ from ferjax.plan import Recipe
 
 log = logging.getLogger("ferjax")
 
+
 # ----------------------------------------------------------------------------- mesh
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
