@@ -1,8 +1,17 @@
-"""Train and evaluate: python -m ferjax.main --config configs/rafdb.py:mek --workdir DIR
+"""Train a config and evaluate it as it trains; the same command again resumes the run.
 
-Kept short on purpose: the loop lives in `ferjax.train` and its jitted steps in
-`ferjax.steps`, so notebooks and tests can call `train_and_evaluate(config, workdir)` or
-the steps directly.
+    python -m ferjax.main --config configs/synthetic.py --workdir runs/synthetic
+    python -m ferjax.main --config configs/rafdb.py:mek --workdir runs/rafdb_mek
+    python -m ferjax.main --config configs/rafdb.py:mek --workdir runs/rafdb_mek --dry_run
+    python -m ferjax.main ... --config.train.batch_size=128   # any config field
+
+--config is configs/<dataset>.py[:<preset>[,<arg>=<value>]], presets baseline, rul_cbam,
+mek, mek_claimed, mek_swin and rlrcnet; every field, with its meaning, is in
+ferjax/presets.py. The workdir gets checkpoints, metrics.jsonl, TensorBoard files,
+summary.json and confusion_matrix.png (README: "What a run writes").
+
+This entry point is kept thin: the loop is `ferjax.train.train_and_evaluate(config,
+workdir)` and its jitted steps are in `ferjax.steps`, for notebooks and tests to call.
 """
 
 from __future__ import annotations

@@ -35,6 +35,13 @@ def test_every_config_builds_every_method(name, method):
     assert "python -m ferjax.main --config configs/" in (ROOT / "configs" / name).read_text()
 
 
+def test_main_help_names_every_preset():
+    """`python -m ferjax.main --help` prints the module's docstring: it lists the presets."""
+    from ferjax import main
+    listed = re.search(r"presets ([\w, ]+) and (\w+);", " ".join(main.__doc__.split()))
+    assert listed and set(re.split(r", ", listed[1])) | {listed[2]} == set(METHODS)
+
+
 def test_rafdb_mek_presets_carry_the_two_recipes_of_the_spec():
     """spec §3.7: the official code's (ε 0.3, λ 0.1) on EAC's ResNet-18 pipeline (lr 2e-4),
     and the second-hand ResNet-18 claim (ε 0.1, λ 2, Adam 1e-4), both batch 32, 60 epochs."""
