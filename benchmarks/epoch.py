@@ -10,7 +10,6 @@ compile time it needed. Results are appended to benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -18,12 +17,13 @@ import tempfile
 import time
 
 from benchmarks.common import append_result, machine_summary
+from ferjax import console
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.epoch", __doc__)
     parser.add_argument("--preset", default="mek")
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)

@@ -11,7 +11,6 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import append_result, machine_summary
+from ferjax import console
 
 
 def make_jpegs(root: pathlib.Path, count: int) -> list[tuple[str, int]]:
@@ -100,7 +100,7 @@ def torch_rate(files, batch: int, size: int, workers: int, batches: int,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.input_pipeline", __doc__)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)

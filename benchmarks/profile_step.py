@@ -14,7 +14,6 @@ there quote these tables.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
 import json
@@ -23,6 +22,8 @@ import pathlib
 import re
 import sys
 import tempfile
+
+from ferjax import console
 
 KINDS = ("convolution", "dot", "reduce", "transpose", "copy", "select")
 
@@ -79,7 +80,7 @@ def report(total, count, hlo: str, steps: int, top: int) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.profile_step", __doc__)
     parser.add_argument("--preset", default="baseline")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image", type=int, default=224)

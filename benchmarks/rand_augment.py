@@ -13,7 +13,6 @@ appended to benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import random
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from benchmarks.common import append_result, machine_summary
+from ferjax import console
 
 FILL = (128, 128, 128)
 
@@ -105,7 +105,7 @@ def time_device(faces: np.ndarray, size: int, ops: tuple, rounds: int = 10) -> f
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.rand_augment", __doc__)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--host_images", type=int, default=256)

@@ -10,18 +10,19 @@ TPU host it uses the real devices. Results are appended to benchmarks/RESULTS.md
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
 
 import numpy as np
 
+from ferjax import console
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.scaling", __doc__)
     parser.add_argument("--preset", default="baseline")
     parser.add_argument("--image", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)

@@ -26,7 +26,6 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 
 from benchmarks.common import (append_result, bf16_peak_flops, compiled_buffer_bytes,
                                device_peak_bytes, jaxpr_flops, machine_summary)
+from ferjax import console
 
 PRESETS = ("baseline", "rul_cbam", "mek", "rlrcnet")
 
@@ -308,7 +308,7 @@ class TorchChild:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.train_step", __doc__)
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image", type=int, default=224)

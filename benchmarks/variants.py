@@ -16,13 +16,13 @@ well. Results are appended to benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from benchmarks.common import append_result, machine_summary
 from benchmarks.train_step import ferjax_stepper
+from ferjax import console
 
 
 def parse_variant(spec: str) -> tuple[str, dict, dict]:
@@ -46,7 +46,7 @@ def parse_variant(spec: str) -> tuple[str, dict, dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("benchmarks.variants", __doc__)
     parser.add_argument("variants", nargs="+", help="NAME or NAME=KEY:VALUE;KEY:VALUE...")
     parser.add_argument("--preset", default="baseline")
     parser.add_argument("--batch", type=int, default=16)

@@ -4,7 +4,7 @@
     python -m ferjax.main --config configs/rafdb.py:rul_cbam --workdir runs/rafdb_rul_cbam
     python -m ferjax.main --config configs/rafdb.py:mek --workdir runs/rafdb_mek
     python -m ferjax.main --config configs/rafdb.py:mek_claimed --workdir runs/rafdb_mek_claimed
-    python -m ferjax.main --config configs/rafdb.py:mek_swin --workdir runs/rafdb_mek_swin \
+    python -m ferjax.main --config configs/rafdb.py:mek_swin --workdir runs/rafdb_mek_swin \\
         --config.model.pretrained=swin_msceleb.pth    # MEK's official Swin-T recipe
         # batch 32: 13 GiB of step buffers in float32; 3.6 with --config.train.microbatches=4
     python -m ferjax.main --config configs/rafdb.py:rlrcnet --workdir runs/rafdb_rlrcnet

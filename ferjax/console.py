@@ -1,8 +1,19 @@
-"""Whether progress bars can redraw in place where the output goes."""
+"""The terminal side of ferjax's commands: their --help, and whether progress bars can
+redraw in place where the output goes."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+
+def command_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of `python -m module`: its --help shows that command line, the
+    docstring's first paragraph above the options and the rest (examples) below them."""
+    summary, _, details = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=summary,
+                                   epilog=details or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def interactive() -> bool:

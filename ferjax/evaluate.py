@@ -3,7 +3,7 @@ confusion-matrix picture.
 
     python -m ferjax.evaluate --workdir runs/rafdb_mek [--split test] [--checkpoint best]
     python -m ferjax.evaluate --workdir runs/rafdb_mek --dataset ferplus:7   # cross-dataset
-    python -m ferjax.evaluate --workdir runs/mek_released --config configs/rafdb.py:mek_swin \
+    python -m ferjax.evaluate --workdir runs/mek_released --config configs/rafdb.py:mek_swin \\
         --weights mek_rafdb.pt       # a weights file alone (a released model), no training run
 
 Writes <workdir>/eval_<split>_<checkpoint>/{per_class.txt, summary.json, confusion_matrix.png}
@@ -22,7 +22,7 @@ import sys
 
 import ml_collections
 
-from ferjax import compilation_cache, files
+from ferjax import compilation_cache, console, files
 
 
 def cross_dataset_config(data_cfg, dataset: str, data_dir: str | None):
@@ -160,7 +160,7 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("ferjax.evaluate", __doc__)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default=None, help="default: the config's eval split; "
                         "with --dataset, 'test' ('train' where there is none, as in CK+)")

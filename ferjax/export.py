@@ -12,12 +12,13 @@ file's metadata (safetensors) or under `__classes__` (npz).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
+
+from ferjax import console
 
 
 def export_workdir(workdir: str, path: str, which: str = "best") -> dict:
@@ -42,7 +43,7 @@ def export_workdir(workdir: str, path: str, which: str = "best") -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("ferjax.export", __doc__)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
     parser.add_argument("output", help="OUT.safetensors or OUT.npz")

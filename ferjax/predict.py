@@ -11,7 +11,6 @@ and skipped; the exit status is then 1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -19,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ferjax import compilation_cache
+from ferjax import compilation_cache, console
 from ferjax.data.images import IMAGE_SUFFIXES
 
 
@@ -90,7 +89,7 @@ def predict_files(workdir: str, paths: list[str], which: str = "best",
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("ferjax.predict", __doc__)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
     parser.add_argument("--batch_size", type=int, default=64)

@@ -25,7 +25,6 @@ exit status is 1 when any run was skipped or left out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ferjax import files, metrics
+from ferjax import console, files, metrics
 
 METRICS = metrics.HEADLINE
 KINDS = ("last", "best", "mean_last")   # 'mean_last': of the last k evaluations
@@ -174,7 +173,7 @@ def format_table(runs: list[dict], result: dict | None) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("ferjax.summarize", __doc__)
     parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs")
     parser.add_argument("--include_unfinished", action="store_true",
                         help="count runs that stopped before their last step in the mean")

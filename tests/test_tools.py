@@ -42,6 +42,20 @@ def test_main_help_names_every_preset():
     assert listed and set(re.split(r", ", listed[1])) | {listed[2]} == set(METHODS)
 
 
+@pytest.mark.parametrize("module", [evaluate, export, predict, summarize, build_lib])
+def test_each_command_help_shows_its_command_line_and_its_examples(module, capsys):
+    """--help: `python -m <module>`, the docstring's summary, the options, then the rest of
+    the docstring (examples) as written, shell line continuations included."""
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    name = module.__name__
+    assert text.startswith(f"usage: python -m {name} ")
+    summary, _, examples = module.__doc__.strip().partition("\n\n")
+    assert text.index(summary) < text.index("options:") < text.index(examples)
+    assert f"python -m {name} " in examples
+
+
 def test_rafdb_mek_presets_carry_the_two_recipes_of_the_spec():
     """spec §3.7: the official code's (ε 0.3, λ 0.1) on EAC's ResNet-18 pipeline (lr 2e-4),
     and the second-hand ResNet-18 claim (ε 0.1, λ 2, Adam 1e-4), both batch 32, 60 epochs."""

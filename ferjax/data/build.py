@@ -12,7 +12,6 @@ be large: AffectNet) so that you can delete it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pathlib
@@ -167,7 +166,7 @@ def summary(builder) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = console.command_parser("ferjax.data.build", __doc__)
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--config", default=None, help="builder config (e.g. 7 or 8 classes)")
     parser.add_argument("--manual_dir", default=None, help="the folder you downloaded")
