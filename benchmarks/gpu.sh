@@ -14,8 +14,9 @@
 #
 # Each part runs under its own time limit; its log goes to $OUT/PART.log (OUT defaults to
 # gpu_out/) and benchmarks/RESULTS.md, which the benchmarks append to, is copied there after
-# each part. BATCH (default 64, RUL's) and WORKERS (default: half the cores) set the
-# batch and the input workers. On a machine that cannot reach PyPI, put the wheels that
+# each part (a step part stopped by its limit still appends the presets it timed). BATCH
+# (default 64, RUL's) and WORKERS (default: half the cores) set the batch and the input
+# workers. On a machine that cannot reach PyPI, put the wheels that
 # launch/offline_wheels.sh fetches in .whl/: they are installed first.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1

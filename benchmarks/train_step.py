@@ -27,6 +27,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -307,6 +308,57 @@ class TorchChild:
         self.proc.wait()
 
 
+class TimeLimit(Exception):
+    """SIGTERM arrived: the run is out of time."""
+
+
+def _raise_time_limit(signum, frame):
+    raise TimeLimit
+
+
+def _preset_row(args, preset: str) -> str:
+    """Times `preset` on both sides; returns its RESULTS.md table row (also printed)."""
+    # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
+    # then alternating rounds, so that both sides sample the same stretch of a machine
+    # whose speed drifts by up to 20 % over minutes.
+    time_jax, dispatch_time, compiled, flops = ferjax_stepper(
+        preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment,
+        overrides={"data.host_image_size": args.host_image,
+                   "train.microbatches": args.microbatches})
+    child = None if args.no_torch else TorchChild(
+        preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc,
+        args.microbatches)
+    t_jax, t_torch = [], []
+    try:
+        for _ in range(args.rounds):
+            t_jax.append(time_jax(args.steps))
+            if child is not None:
+                t_torch.append(child.time_steps(args.steps))
+    finally:
+        if child is not None:
+            child.close()
+    t_dispatch = dispatch_time(args.steps)
+    usage = step_usage(compiled, flops, float(np.median(t_jax)), args.peak_tflops)
+    del time_jax, dispatch_time, compiled
+    name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
+    if args.augment != "preset":
+        name += f", augment={args.augment}"
+    if args.host_image not in (0, args.image):
+        name += f", from {args.host_image} px"
+    if args.microbatches > 1:
+        name += f", {args.microbatches} microbatches"
+    if args.torch_malloc != "default":
+        name += f", PyTorch malloc={args.torch_malloc}"
+    ratios = [t / j for t, j in zip(t_torch, t_jax)]
+    row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
+           f"{args.batch / np.median(t_jax):.1f} | {1e3 * t_dispatch:.1f} | {usage} | "
+           + (f"{args.batch / np.median(t_torch):.1f} | {np.median(ratios):.2f} | "
+              + " / ".join(f"{r:.2f}" for r in ratios) + " |" if ratios else
+              "— | — | — |"))
+    print(row, flush=True)
+    return row
+
+
 def main(argv=None) -> None:
     parser = console.command_parser("benchmarks.train_step", __doc__)
     parser.add_argument("--presets", default=",".join(PRESETS))
@@ -349,45 +401,20 @@ def main(argv=None) -> None:
         from ferjax import malloc_tuning
         args.torch_malloc = ("tcmalloc" if malloc_tuning.preloaded_allocator() == "tcmalloc"
                              else "default")
-    rows = []
-    for preset in args.presets.split(","):
-        # ferjax first, then the PyTorch process (its warm-up runs while ferjax waits);
-        # then alternating rounds, so that both sides sample the same stretch of a machine
-        # whose speed drifts by up to 20 % over minutes.
-        time_jax, dispatch_time, compiled, flops = ferjax_stepper(
-            preset, args.batch, args.image, args.dtype, args.warmup, args.flip_bn, args.augment,
-            overrides={"data.host_image_size": args.host_image,
-                       "train.microbatches": args.microbatches})
-        child = None if args.no_torch else TorchChild(
-            preset, args.batch, args.image, args.warmup, args.flip_bn, args.torch_malloc,
-            args.microbatches)
-        t_jax, t_torch = [], []
-        for _ in range(args.rounds):
-            t_jax.append(time_jax(args.steps))
-            if child is not None:
-                t_torch.append(child.time_steps(args.steps))
-        if child is not None:
-            child.close()
-        t_dispatch = dispatch_time(args.steps)
-        usage = step_usage(compiled, flops, float(np.median(t_jax)), args.peak_tflops)
-        del time_jax, dispatch_time, compiled
-        name = f"{preset} ({args.flip_bn} BN)" if preset == "mek" else preset
-        if args.augment != "preset":
-            name += f", augment={args.augment}"
-        if args.host_image not in (0, args.image):
-            name += f", from {args.host_image} px"
-        if args.microbatches > 1:
-            name += f", {args.microbatches} microbatches"
-        if args.torch_malloc != "default":
-            name += f", PyTorch malloc={args.torch_malloc}"
-        ratios = [t / j for t, j in zip(t_torch, t_jax)]
-        row = (f"| {name} | {args.batch} | {args.image} | {args.dtype} | "
-               f"{args.batch / np.median(t_jax):.1f} | {1e3 * t_dispatch:.1f} | {usage} | "
-               + (f"{args.batch / np.median(t_torch):.1f} | {np.median(ratios):.2f} | "
-                  + " / ".join(f"{r:.2f}" for r in ratios) + " |" if ratios else
-                  "— | — | — |"))
-        print(row, flush=True)
-        rows.append(row)
+    presets, rows, stopped = args.presets.split(","), [], ""
+    # benchmarks/gpu.sh runs each part under `timeout`, whose SIGTERM ends this run: the
+    # rows measured by then are still recorded, with a note.
+    previous = signal.signal(signal.SIGTERM, _raise_time_limit)
+    try:
+        for preset in presets:
+            rows.append(_preset_row(args, preset))
+    except TimeLimit:
+        stopped = (f" Stopped by SIGTERM (a time limit) after {len(rows)} of "
+                   f"{len(presets)} presets.")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not rows:
+        sys.exit("stopped by SIGTERM (a time limit) before the first preset was timed")
     header = ("| preset | batch | px | ferjax dtype | ferjax img/s | ferjax dispatch ms | "
               "ferjax TFLOP/s | MFU | step buffers GiB | device peak GiB | "
               "PyTorch img/s | ferjax/PyTorch | per round |\n"
@@ -414,7 +441,9 @@ def main(argv=None) -> None:
                   "step; device peak: the allocator's peak "
                   "so far in this process (presets in the order given); PyTorch fp32 "
                   "eager on CPU, AMP bf16 + channels_last on CUDA, in its own process with "
-                  f"{args.torch_malloc} malloc settings.")
+                  f"{args.torch_malloc} malloc settings." + stopped)
+    if stopped:
+        sys.exit(stopped.strip())
 
 
 if __name__ == "__main__":

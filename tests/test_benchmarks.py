@@ -2,15 +2,18 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, profile_step
+from benchmarks import common, profile_step, train_step
 from benchmarks.epoch import steady_windows
 from benchmarks.train_step import set_config_field, step_usage, torch_child_env
 from benchmarks.variants import main as variants_main, parse_variant
@@ -142,6 +145,32 @@ def test_variants_benchmark_times_each_variant_and_records_them(tmp_path, monkey
     rows = [line for line in text.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and rows[0].endswith("| 1.000 |"), rows
     assert "`xla_cpu_enable_fast_math=False`" in rows[1] and "`model.width=4`" in rows[1]
+
+
+def test_train_step_records_what_it_timed_before_a_time_limit(tmp_path, monkeypatch):
+    """gpu.sh's `timeout` ends a train_step run with SIGTERM: the rows of the presets timed
+    by then still go to RESULTS.md, with a note, and the exit status is an error."""
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(common, "RESULTS", results)
+    timed = []
+
+    def preset_row(args, preset):
+        if timed:  # the second preset: the time limit strikes while it runs
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises before this ends
+        timed.append(preset)
+        return f"| {preset} | timed |"
+
+    monkeypatch.setattr(train_step, "_preset_row", preset_row)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit, match="after 1 of 3 presets"):
+        train_step.main(["--presets", "baseline,mek,rlrcnet", "--no_torch",
+                         "--torch_malloc", "default"])
+    assert signal.getsignal(signal.SIGTERM) is before
+    text = results.read_text()
+    assert [line for line in text.splitlines() if line.endswith("| timed |")] == [
+        "| baseline | timed |"]
+    assert text.rstrip().endswith("Stopped by SIGTERM (a time limit) after 1 of 3 presets.")
 
 
 def test_the_pytorch_process_gets_the_malloc_asked_for(tmp_path):
