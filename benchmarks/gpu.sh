@@ -12,6 +12,9 @@
 #   swin   (only when asked for) mek_swin's step at 112 px, batch 32, bf16, against PyTorch,
 #          and its on-device RandAugment against Pillow (benchmarks.rand_augment)
 #
+# The limits below add up to 900 s. Where one command may run 600 s at most, run
+# `gpu.sh env step`, then `gpu.sh epoch input` at once after it (450 s each at most).
+#
 # Each part runs under its own time limit; its log goes to $OUT/PART.log (OUT defaults to
 # gpu_out/) and benchmarks/RESULTS.md, which the benchmarks append to, is copied there after
 # each part (a step part stopped by its limit still appends the presets it timed). BATCH
