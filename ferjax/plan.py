@@ -108,7 +108,8 @@ def warn_if_flip_consistency_unattainable(config) -> None:
     if config.loss.forward == "flip_pair" and not mirror_aligned(config.model.name, side):
         log.warning("config.data.image_size=%d: with config.loss.forward='flip_pair' the CAMs "
                     "of an image and its mirror sit on offset grids and cannot agree exactly; "
-                    "sides 32m + 1 (e.g. %d) make attention consistency attainable",
+                    "sides 32m + 1 (e.g. %d) make attention consistency attainable (the "
+                    "papers' code ran at 224, where the same holds)",
                     side, 32 * max(1, round((side - 1) / 32)) + 1)
 
 
