@@ -166,6 +166,8 @@ def test_rsl_with_uniform_counts_is_ordinary_label_smoothing():
 
 CAM = np.random.default_rng(0).normal(size=(2, 3, 4, 3)).astype(np.float32)
 CAM_F = np.random.default_rng(1).normal(size=(2, 3, 4, 3)).astype(np.float32)
+CAM3 = np.random.default_rng(2).normal(size=(3, 3, 4, 3)).astype(np.float32)
+CAM3_F = np.random.default_rng(3).normal(size=(3, 3, 4, 3)).astype(np.float32)
 
 
 def test_eac_and_rac_by_hand():
@@ -257,6 +259,33 @@ def test_bbn_loss_by_hand():
     np.testing.assert_allclose(L.bbn_loss(LOGITS, LABELS, labels_r, 0.3), expected, rtol=1e-6)
     np.testing.assert_allclose(L.bbn_loss(LOGITS, LABELS, labels_r, 1.0),
                                np_ce(LOGITS, LABELS).mean(), rtol=1e-6)
+
+
+def test_every_loss_with_a_mask_is_the_loss_of_the_unmasked_rows():
+    """A padding row (mask 0) changes nothing: each loss over 3 rows with the last masked
+    equals the loss over the first 2. RUL also drops the rows paired with a padding row."""
+    mask, two = np.array([1.0, 1.0, 0.0]), slice(0, 2)
+    labels_r = np.array([1, 1, 0])
+    losses = [
+        (lambda m, r: L.label_smoothing_loss(LOGITS[r], LABELS[r], 0.2, mask=m)),
+        (lambda m, r: L.rebalanced_smooth_labels_loss(LOGITS[r], LABELS[r], WEIGHTS, 0.3, m)),
+        (lambda m, r: L.attention_consistency_loss(CAM3[r], CAM3_F[r], m)),
+        (lambda m, r: L.rebalanced_attention_consistency_loss(CAM3[r], CAM3_F[r], WEIGHTS, m)),
+        (lambda m, r: L.bbn_loss(LOGITS[r], LABELS[r], labels_r[r], 0.3, m)),
+    ]
+    for loss in losses:
+        np.testing.assert_allclose(loss(mask, slice(None)), loss(None, two), rtol=1e-6)
+    # RUL: pairs (0, 1) and (1, 0) are real; row 2 is padding and paired with itself.
+    perm = np.array([1, 0, 2])
+    for reduction in ("mean", "torch_weighted_mean"):
+        np.testing.assert_allclose(
+            L.rul_add_up_loss(LOGITS, LABELS, perm, WEIGHTS, reduction, mask),
+            L.rul_add_up_loss(LOGITS[two], LABELS[two], perm[two], WEIGHTS, reduction),
+            rtol=1e-6)
+    # A real row paired with a padding row does not count either.
+    np.testing.assert_allclose(
+        L.rul_add_up_loss(LOGITS, LABELS, np.array([2, 1, 0]), None, "mean", mask),
+        L.rul_add_up_loss(LOGITS[1:2], LABELS[1:2], np.array([0])), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- registry and gradients

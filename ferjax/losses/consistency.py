@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ferjax.losses.classification import masked_mean
+
 
 def flip_back(cam_of_flipped: jax.Array) -> jax.Array:
     """Mirror a (N, H, W, K) map along the width axis."""
@@ -27,11 +29,7 @@ def attention_consistency_loss(cam: jax.Array, cam_flipped: jax.Array,
       scalar.
     """
     sq = jnp.square(cam.astype(jnp.float32) - flip_back(cam_flipped).astype(jnp.float32))
-    per_sample = jnp.mean(sq, axis=(1, 2, 3))
-    if mask is None:
-        return jnp.mean(per_sample)
-    m = mask.astype(per_sample.dtype)
-    return jnp.sum(per_sample * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return masked_mean(jnp.mean(sq, axis=(1, 2, 3)), mask)
 
 
 def rebalanced_attention_consistency_loss(cam: jax.Array, cam_flipped: jax.Array, weights,
@@ -45,8 +43,4 @@ def rebalanced_attention_consistency_loss(cam: jax.Array, cam_flipped: jax.Array
     """
     sq = jnp.square(cam.astype(jnp.float32) - flip_back(cam_flipped).astype(jnp.float32))
     per_class = jnp.mean(sq, axis=(1, 2))  # (N, K)
-    per_sample = per_class @ jnp.asarray(weights, jnp.float32)
-    if mask is None:
-        return jnp.mean(per_sample)
-    m = mask.astype(per_sample.dtype)
-    return jnp.sum(per_sample * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return masked_mean(per_class @ jnp.asarray(weights, jnp.float32), mask)
