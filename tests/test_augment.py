@@ -1,4 +1,5 @@
-"""On-device augmentations: the noise they draw and the two branches of RUL's flip-or-noise."""
+"""On-device augmentations: the noise they draw, RUL's flip-or-noise, resizing, warps, color
+jitter, and what every registered op keeps."""
 
 import math
 
@@ -140,3 +141,37 @@ def test_warp_is_map_coordinates_per_channel(degrees, scale, shift, fill):
     got = augment._warp(x, matrix, offset, fill)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert bool(jnp.any(got == fill))  # the check covers pixels whose taps all fall outside
+
+
+def test_every_augmentation_keeps_the_image_shape_and_is_a_function_of_its_key():
+    """Each registered op, with its default parameters, on a (24, 24, 3) image in [0, 1]:
+    same shape and dtype, finite, the same output for the same key."""
+    image = jax.random.uniform(jax.random.key(0), (24, 24, 3))
+    for name in augment.AUGMENTATIONS.names():
+        op = augment.AUGMENTATIONS.get(name)
+        out = op(jax.random.key(1), image, {})
+        assert out.shape == image.shape and out.dtype == image.dtype, name
+        assert bool(jnp.all(jnp.isfinite(out))), name
+        np.testing.assert_array_equal(out, op(jax.random.key(1), image, {}), err_msg=name)
+
+
+def test_color_jitter_factors_do_what_their_names_say():
+    """Brightness scales every value by one factor; contrast scales the distances from the
+    image's mean grey level; saturation those from each pixel's own grey level (which it
+    keeps). Mid-range values, so nothing is clipped."""
+    x = jax.random.uniform(jax.random.key(0), (8, 8, 3), minval=0.35, maxval=0.65)
+    jitter = augment.AUGMENTATIONS.get("color_jitter")
+    none = dict.fromkeys(("brightness", "contrast", "saturation"), 0.0)
+    only = {name: none | {name: 0.2} for name in none}
+    np.testing.assert_allclose(jitter(jax.random.key(1), x, none), x, rtol=1e-6)
+    key = jax.random.key(2)
+    ratio = np.asarray(jitter(key, x, only["brightness"]) / x)
+    assert np.ptp(ratio) < 1e-5 and 0.8 <= ratio.mean() <= 1.2 and ratio.mean() != 1.0
+    grey = x.mean(-1, keepdims=True)
+    out = jitter(key, x, only["contrast"])
+    factor = (out - grey.mean()) / (x - grey.mean())
+    assert np.ptp(np.asarray(factor)) < 1e-3 and 0.8 <= float(factor.mean()) <= 1.2
+    out = jitter(key, x, only["saturation"])
+    np.testing.assert_allclose(out.mean(-1, keepdims=True), grey, atol=1e-6)
+    factor = (out - grey) / (x - grey)
+    assert np.ptp(np.asarray(factor)) < 1e-3 and 0.8 <= float(factor.mean()) <= 1.2
