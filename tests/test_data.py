@@ -566,10 +566,14 @@ def test_an_unbuilt_dataset_gets_no_tfds_warning_about_its_missing_folder(tmp_pa
     assert "Variant folder" not in caplog.text
 
 
-def test_a_build_whose_output_is_no_terminal_draws_no_progress_bars(tmp_path, capsys):
+def test_a_build_whose_output_is_no_terminal_draws_no_progress_bars(tmp_path, capsys, caplog):
     """Like a log file, pytest's captured stderr is no terminal: TFDS's bars ('Generating
-    splits... 1/4 [00:01, 3.00 splits/s]', one redraw after another) stay off."""
-    builder = build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
+    splits... 1/4 [00:01, 3.00 splits/s]', one redraw after another) stay off. Nor does
+    TFDS speak of downloads and 'Unknown size': nothing is downloaded."""
+    with caplog.at_level(logging.INFO, logger="ferjax"):
+        builder = build_lib.build("synthetic_fer", config="tiny", data_dir=str(tmp_path))
     assert builder.is_prepared()
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "splits/s" not in err and "examples/s" not in err
+    assert "ownload" not in out + err + caplog.text and "Unknown size" not in out + err
+    assert f"synthetic_fer 1.2.0 is ready in {builder.data_dir}" in caplog.text

@@ -110,6 +110,16 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         info.initialize_from_bucket = lambda: None
         return info
 
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size,
+    # ...)" before a build and "... downloaded and prepared ..." after it: nothing is
+    # downloaded here, and its log already says which dataset it generates and where.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        log.info("%s %s is ready in %s; later runs read it from there", self.name,
+                 self.version, self.data_dir)
+
     # -- generation ---------------------------------------------------------------------
 
     def _split_generators(self, dl_manager):
