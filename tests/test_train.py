@@ -168,6 +168,13 @@ def one_step(config, devices, batch):
     return metrics, model
 
 
+def step_values(config, devices, batch) -> tuple[dict, list]:
+    """`one_step` as plain values: ({metric: float}, the model's arrays after the step)."""
+    metrics, model = one_step(config, devices, batch)
+    return ({k: float(v) for k, v in metrics.items()},
+            [np.asarray(x) for x in jax.tree.leaves(model_state(model))])
+
+
 def test_sharded_step_matches_single_device(data_dir):
     config = load_config("rul_cbam,smoke", data_dir)
     # Without CBAM, whose step compiles for longest: what sharding can get wrong is the
@@ -210,9 +217,7 @@ def test_microbatches_sum_to_the_whole_batch_gradient(data_dir):
     results = []
     for microbatches, devices in ((1, jax.devices()[:1]), (2, jax.devices()[:4])):
         config.train.microbatches = microbatches
-        metrics, model = one_step(config, devices, random_batch())
-        results.append(({k: float(v) for k, v in metrics.items()},
-                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+        results.append(step_values(config, devices, random_batch()))
     (whole, whole_params), (parts, parts_params) = results
     assert whole.keys() == parts.keys() >= {"loss", "loss/rsl", "loss/rac", "train_accuracy"}
     for name, value in whole.items():
@@ -268,9 +273,7 @@ def test_accelerator_ops_take_the_step_of_the_cpu_fast_paths(method, data_dir, m
         batch = random_batch()
         if method == "rlrcnet":  # the reversed sampler's stream
             batch.update(image_rev=batch["image"][::-1].copy(), label_rev=batch["label"][::-1])
-        metrics, model = one_step(config, jax.devices()[:1], batch)
-        results.append(({k: float(v) for k, v in metrics.items()},
-                        [np.asarray(x) for x in jax.tree.leaves(model_state(model))]))
+        results.append(step_values(config, jax.devices()[:1], batch))
     (cpu, cpu_params), (accelerator, accelerator_params) = results
     assert cpu.keys() == accelerator.keys() and cpu["grad_norm"] > 0.1
     for name, value in cpu.items():
