@@ -114,9 +114,9 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ferjax import metrics, train
+    from ferjax.data import sources
     from ferjax.plan import make_recipe
     from ferjax.steps import make_eval_step, make_mesh, replicate
-    from ferjax.data import sources
 
     if flip_average is not None:
         config.eval.flip_average = flip_average
