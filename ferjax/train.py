@@ -241,12 +241,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     plan = make_plan(config)
     files.makedirs(workdir)
-    recipe, train_split, eval_split = plan.recipe, plan.train_split, plan.eval_split
-    builder, final_splits, tracked = plan.builder, plan.final_splits, plan.tracked
-    train_data, total_steps, total_epochs = plan.train_data, plan.total_steps, plan.total_epochs
+    train_split, eval_split = plan.train_split, plan.eval_split
+    total_steps, total_epochs = plan.total_steps, plan.total_epochs
     steps_per_epoch, eval_every, ckpt_every = plan.steps_per_epoch, plan.eval_every, \
         plan.ckpt_every
-    weights, rebalance = plan.class_weights, plan.rebalance_weights
     num_classes = train_split.num_classes
     is_writer = jax.process_index() == 0
     mesh = make_mesh()
@@ -256,76 +254,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                       steps_per_epoch, total_steps)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     start_step = _resume(ckpt, model, optimizer, config, workdir)
-    if start_step:
-        run_records.warn_about_config_changes(config, workdir, start_step)
-    if is_writer:
-        run_records.write_config(config, workdir, train_split.class_names)
-        run_records.log_start(workdir, start_step)
-    history = run_records.rewind(workdir, start_step) if is_writer else [
-        r for r in run_records.load_eval_history(workdir) if r["step"] <= start_step]
-    writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard,
-                                      purge_after=start_step) if is_writer \
-        else metrics_lib.NullWriter()
+    history, writer = _open_records(config, workdir, start_step, train_split.class_names,
+                                    is_writer)
     patience = config.train.early_stop_patience
-    early_stopped = run_records.early_stop_due(history, patience)
-    if early_stopped:
-        log.warning("%s stopped early at step %d (no new best mean class accuracy in %d "
-                    "evaluations); nothing left to train (raise train.early_stop_patience "
-                    "to go on)", workdir, start_step, patience)
-    elif start_step >= total_steps:
-        log.warning("the checkpoint in %s is at step %d, at or past this config's %d steps: "
-                    "nothing left to train (raise train.epochs / train.num_steps to go on)",
-                    workdir, start_step, total_steps)
+    early_stopped = _nothing_left_to_train(workdir, history, start_step, total_steps,
+                                           patience)
     log.info("%s: %d train / %d eval examples, %d classes; model %s (%s parameters); "
              "%d devices; %d steps (%d per epoch)%s", config.data.name, len(train_split),
              len(eval_split), num_classes, config.model.name, f"{count_params(model):,}",
              jax.device_count(), total_steps, steps_per_epoch,
              f"; resumed at step {start_step}" if start_step else "")
 
-    train_step, state, write_back = make_train_step(recipe, model, optimizer)
-    eval_step = make_eval_step(recipe, num_classes)
+    train_step, state, write_back = make_train_step(plan.recipe, model, optimizer)
+    eval_step = make_eval_step(plan.recipe, num_classes)
     base_key = jax.random.key(config.seed)
-    class_weights = jnp.asarray(weights)
-    rebalance_weights = jnp.asarray(rebalance)
+    class_weights = jnp.asarray(plan.class_weights)
+    rebalance_weights = jnp.asarray(plan.rebalance_weights)
     train_log = _TrainLog(config, writer, total_steps, steps_per_epoch, start_step, is_writer)
-    last_cm = None
+    run_eval = _Evaluations(config, workdir, plan, model, optimizer, eval_step, data_sharding,
+                            ckpt, writer, history, train_log)
     step = start_step
 
-    def save(at_step):
-        writer.flush()  # the metrics up to a checkpoint are stored before it
-        ckpt.save(at_step, model, optimizer)
-
-    def run_eval(at_step):
-        nonlocal last_cm
-        cm = evaluate(model, eval_step, eval_split, config, data_sharding, num_classes,
-                      config.data.eval_split)
-        summary = metrics_lib.accuracy_summary(cm)
-        last_cm = cm
-        record = {"step": at_step, **metrics_lib.headline(summary)}
-        message = (f"eval step {at_step} (epoch {at_step / steps_per_epoch:.2f}): "
-                   f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
-                   f"{100 * summary['mean_class_accuracy']:.2f}")
-        if is_writer:
-            run_records.write_evaluation(writer, at_step, summary, cm,
-                                         eval_split.class_names, config.data.eval_split, "eval")
-        for split, data in tracked.items():
-            cm_split = evaluate(model, eval_step, data, config, data_sharding, num_classes,
-                                split)
-            summary_split = metrics_lib.accuracy_summary(cm_split)
-            record.setdefault("tracked", {})[split] = metrics_lib.headline(summary_split)
-            message += (f" | {split}: accuracy {100 * summary_split['accuracy']:.2f}  mean "
-                        f"class {100 * summary_split['mean_class_accuracy']:.2f}")
-            if is_writer:
-                run_records.write_evaluation(writer, at_step, summary_split, cm_split,
-                                             eval_split.class_names, split, f"eval_{split}")
-        history.append(record)
-        if is_writer:
-            run_records.append_evaluation(workdir, record)
-        train_log.message(message)
-        ckpt.save_if_best(at_step, model, optimizer, record)
-        return summary
-
-    train_iter = iter(train_data.dataset_from(start_step))  # batch s feeds step s
+    train_iter = iter(plan.train_data.dataset_from(start_step))  # batch s feeds step s
     # The process's first step compiles; the trace starts after it.
     trace = profiling.StepTrace(workdir, start_step + 1, config.train.profile_steps)
     with _Preemption(sync_every=config.train.log_every_steps) as preemption, \
@@ -355,7 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     run_eval(step)
                     early_stopped = run_records.early_stop_due(history, patience)
                 if step % ckpt_every == 0 or step == total_steps or stop or early_stopped:
-                    save(step)
+                    writer.flush()  # the metrics up to a checkpoint are stored before it
+                    ckpt.save(step, model, optimizer)
                 if boundary:  # the next window's rate leaves out evaluation and saving
                     train_log.restart_window()
                 if stop:
@@ -366,9 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log.info("early stop at step %d: no new best mean class accuracy in %d "
                              "evaluations", step, patience)
             finals = {}
-            if final_splits and (step >= total_steps or early_stopped) and last_cm is not None:
-                finals = _evaluate_final_splits(config, builder, final_splits, model, ckpt,
-                                                eval_step, data_sharding,
+            last_cm = run_eval.last_cm
+            if plan.final_splits and (step >= total_steps or early_stopped) \
+                    and last_cm is not None:
+                finals = _evaluate_final_splits(config, plan.builder, plan.final_splits, model,
+                                                ckpt, eval_step, data_sharding,
                                                 eval_split.class_names, step, writer)
             result = run_records.final_summary(
                 config, workdir, history, last_cm, eval_split.class_names, step, total_steps,
@@ -399,6 +352,87 @@ def _resume(ckpt: Checkpointer, model, optimizer, config, workdir: str) -> int:
     except BaseException:
         ckpt.close()
         raise
+
+
+def _open_records(config, workdir: str, start_step: int, class_names,
+                  is_writer: bool) -> tuple[list[dict], metrics_lib.MetricWriter]:
+    """The run's evaluation history up to `start_step` and its metric writer. Process 0
+    also writes config.json, notes the start in the run log, and drops the records of
+    steps after `start_step` (a run resumed from an earlier checkpoint redoes them)."""
+    if start_step:
+        run_records.warn_about_config_changes(config, workdir, start_step)
+    if not is_writer:
+        history = [r for r in run_records.load_eval_history(workdir)
+                   if r["step"] <= start_step]
+        return history, metrics_lib.NullWriter()
+    run_records.write_config(config, workdir, class_names)
+    run_records.log_start(workdir, start_step)
+    history = run_records.rewind(workdir, start_step)
+    writer = metrics_lib.MetricWriter(workdir, config.train.tensorboard,
+                                      purge_after=start_step)
+    return history, writer
+
+
+def _nothing_left_to_train(workdir: str, history: list[dict], start_step: int,
+                           total_steps: int, patience: int) -> bool:
+    """Warns when a resumed run has nothing left to do; True when it had stopped early."""
+    if run_records.early_stop_due(history, patience):
+        log.warning("%s stopped early at step %d (no new best mean class accuracy in %d "
+                    "evaluations); nothing left to train (raise train.early_stop_patience "
+                    "to go on)", workdir, start_step, patience)
+        return True
+    if start_step >= total_steps:
+        log.warning("the checkpoint in %s is at step %d, at or past this config's %d steps: "
+                    "nothing left to train (raise train.epochs / train.num_steps to go on)",
+                    workdir, start_step, total_steps)
+    return False
+
+
+class _Evaluations:
+    """One evaluation of a run, called with its step: the eval split and then each tracked
+    split. Each split's summaries and confusion-matrix picture go to TensorBoard; one line
+    is logged; the record is appended to the history (and evaluations.jsonl) and the
+    checkpoint is kept when it is the best so far. `last_cm` is the eval split's latest
+    confusion matrix."""
+
+    def __init__(self, config, workdir: str, plan: Plan, model, optimizer, eval_step,
+                 data_sharding, ckpt: Checkpointer, writer, history: list[dict],
+                 train_log: _TrainLog):
+        self.config, self.workdir = config, workdir
+        self.model, self.optimizer, self.eval_step = model, optimizer, eval_step
+        self.eval_split, self.tracked = plan.eval_split, plan.tracked
+        self.steps_per_epoch = plan.steps_per_epoch
+        self.data_sharding, self.ckpt, self.writer = data_sharding, ckpt, writer
+        self.history, self.train_log = history, train_log
+        self.is_writer = jax.process_index() == 0
+        self.last_cm: np.ndarray | None = None
+
+    def _split(self, at_step: int, data: sources.Split, name: str, tag: str):
+        cm = evaluate(self.model, self.eval_step, data, self.config, self.data_sharding,
+                      self.eval_split.num_classes, name)
+        summary = metrics_lib.accuracy_summary(cm)
+        if self.is_writer:
+            run_records.write_evaluation(self.writer, at_step, summary, cm,
+                                         self.eval_split.class_names, name, tag)
+        return cm, summary
+
+    def __call__(self, at_step: int) -> None:
+        self.last_cm, summary = self._split(at_step, self.eval_split,
+                                            self.config.data.eval_split, "eval")
+        record = {"step": at_step, **metrics_lib.headline(summary)}
+        message = (f"eval step {at_step} (epoch {at_step / self.steps_per_epoch:.2f}): "
+                   f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
+                   f"{100 * summary['mean_class_accuracy']:.2f}")
+        for split, data in self.tracked.items():
+            _, tracked = self._split(at_step, data, split, f"eval_{split}")
+            record.setdefault("tracked", {})[split] = metrics_lib.headline(tracked)
+            message += (f" | {split}: accuracy {100 * tracked['accuracy']:.2f}  mean "
+                        f"class {100 * tracked['mean_class_accuracy']:.2f}")
+        self.history.append(record)
+        if self.is_writer:
+            run_records.append_evaluation(self.workdir, record)
+        self.train_log.message(message)
+        self.ckpt.save_if_best(at_step, self.model, self.optimizer, record)
 
 
 def _progress_line(step: int, total_steps: int, steps_per_epoch: int, means: dict,
