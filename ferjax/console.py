@@ -1,5 +1,5 @@
-"""The terminal side of ferjax's commands: their --help, and whether progress bars can
-redraw in place where the output goes."""
+"""The terminal side of ferjax's commands: their --help, their error lines, and whether
+progress bars can redraw in place where the output goes."""
 
 from __future__ import annotations
 
@@ -21,3 +21,10 @@ def interactive() -> bool:
     or a cloud job's console, where each redraw of a progress bar is appended to one
     endless line: ferjax (and TFDS, while building) log plain lines there instead."""
     return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def print_error(e: BaseException) -> None:
+    """Prints 'error: <message>' to stderr. A KeyError's str() wraps its message in quotes
+    (it is meant for a missing key); the line shows the message as written."""
+    message = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
+    print(f"error: {message}", file=sys.stderr)

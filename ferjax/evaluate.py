@@ -206,7 +206,7 @@ def main(argv=None) -> int:
             result = evaluate_workdir(args.workdir, args.split, args.checkpoint or "best",
                                       args.dataset, args.data_dir, args.flip_average)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.print_error(e)
         return 1
     print(result["table"])
     if result["left_out_images"]:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     try:
         done = export_workdir(args.workdir, args.output, args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.print_error(e)
         return 1
     print(f"wrote {done['tensors']} tensors of step {done['step']} to {done['path']}; "
           f"class order: {', '.join(done['classes'])}")

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from ferjax import compilation_cache
+from ferjax import compilation_cache, console
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "config file, optionally with ':args'",
@@ -134,7 +134,7 @@ def main(argv) -> int:
             return 0
         result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (train.NonFiniteLossError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.print_error(e)
         return 1
     if jax.process_index() == 0:
         brief = {k: result[k] for k in ("step", "accuracy", "mean_class_accuracy", "workdir")

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             probs = "  ".join(f"{n} {100 * p:5.1f}%" for n, p in r["probabilities"].items())
             print(f"{r['file']}: {r['prediction']}\n    {probs}")
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.print_error(e)
         return 1
     finally:
         if out is not None:

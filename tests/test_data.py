@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ferjax import console
 from ferjax.data import build as build_lib
 from ferjax.data import pipeline, sources, synthetic
 from ferjax.data.builders import subject_folds
@@ -423,6 +424,22 @@ def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir, monkeypatch):
     cfg.fold = -1
     cfg.holdout_fraction, cfg.fold = 0.1, 0
     with pytest.raises(ValueError, match="config.data.fold and config.data.holdout_fraction"):
+        open_train_and_eval(cfg)
+
+
+def test_a_misnamed_split_is_reported_with_its_config_key(tiny_data_dir, capsys):
+    cfg = ml_collections.ConfigDict(dict(
+        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
+        train_split="train", eval_split="tst", fold=-1, num_folds=10, holdout_fraction=0.0))
+    with pytest.raises(KeyError) as error:
+        open_train_and_eval(cfg)
+    console.print_error(error.value)  # the line a command prints: the message, unquoted
+    assert capsys.readouterr().err == (
+        "error: config.data.eval_split has 'tst'; synthetic_fer has splits "
+        "['train', 'validation', 'test', 'test_longtail'] (or 'holdout')\n")
+    cfg.eval_split, cfg.train_split = "test", "trian"
+    with pytest.raises(KeyError, match="config.data.train_split has 'trian'; synthetic_fer "
+                                       "has splits"):
         open_train_and_eval(cfg)
 
 

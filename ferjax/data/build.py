@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                         overwrite=args.overwrite)
         print(summary(builder))  # reads every record back: a damaged file fails here
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.print_error(e)
         return 1
     return 0
 

@@ -138,6 +138,11 @@ def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
     """(training part, evaluation split), reading config.data.train_split once for both."""
     fold, fraction = _check_division(data_cfg)
     _check_holdout(eval_split, data_cfg, "config.data.eval_split")
+    if data_cfg.train_split not in builder.info.splits:
+        raise KeyError(f"config.data.train_split has {data_cfg.train_split!r}; "
+                       f"{builder.name} has splits {list(builder.info.splits)}")
+    if fold < 0:  # a CV fold is evaluated on its held-out part, whatever eval_split says
+        check_eval_split(builder, data_cfg, eval_split, "config.data.eval_split")
     whole = open_split(builder, data_cfg.train_split)
     if fold < 0 and fraction <= 0:
         train, held = whole, None
