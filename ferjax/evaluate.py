@@ -122,14 +122,18 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
         config.eval.flip_average = flip_average
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     left_out = 0
+    field = "--split" if split else "config.data.eval_split"
     if dataset:
         data_cfg = cross_dataset_config(data_cfg, dataset, data_dir)
         builder = sources.prepared_builder(data_cfg)
         split = split or ("test" if "test" in builder.info.splits else "train")
+        sources.check_eval_split(builder, data_cfg, split, field)
         eval_split, left_out = matched_to_model(sources.open_split(builder, split), names)
     else:
         split = split or config.data.eval_split
         builder = sources.prepared_builder(data_cfg)
+        if data_cfg.get("fold", -1) < 0:  # a CV run is evaluated on its held-out fold
+            sources.check_eval_split(builder, data_cfg, split, field)
         eval_split = sources.open_eval_split(builder, data_cfg, split)
     if not len(eval_split):
         raise ValueError(f"{data_cfg.name}/{split} has no image of the model's classes")

@@ -139,7 +139,7 @@ def trained(tmp_path_factory):
     return workdir
 
 
-def test_evaluate_writes_table_and_picture(trained, monkeypatch, caplog):
+def test_evaluate_writes_table_and_picture(trained, monkeypatch, caplog, capsys):
     monkeypatch.setattr(train, "PROGRESS_LINE_EVERY_S", 0.0)  # a line after every batch
     with caplog.at_level(logging.INFO, logger="ferjax"):
         result = evaluate.evaluate_workdir(str(trained), split="test", which="latest")
@@ -153,6 +153,10 @@ def test_evaluate_writes_table_and_picture(trained, monkeypatch, caplog):
     assert np.asarray(result["confusion_matrix"]).sum() == 70  # every test image once
     assert "mean class" in (out / "per_class.txt").read_text()
     assert evaluate.main(["--workdir", str(trained), "--checkpoint", "999"]) == 1
+    assert evaluate.main(["--workdir", str(trained), "--split", "tst"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --split has 'tst'; synthetic_fer has splits ['train', 'validation', "
+        "'test', 'test_longtail'] (or 'holdout')")
     # Test-time flip: its own folder, every image still counted once.
     assert evaluate.main(["--workdir", str(trained), "--split", "test", "--checkpoint",
                           "latest", "--flip_average"]) == 0
