@@ -260,9 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     early_stopped = _nothing_left_to_train(workdir, history, start_step, total_steps,
                                            patience)
     log.info("%s: %d train / %d eval examples, %d classes; model %s (%s parameters); "
-             "%d devices; %d steps (%d per epoch)%s", config.data.name, len(train_split),
+             "%d device%s; %d steps (%d per epoch)%s", config.data.name, len(train_split),
              len(eval_split), num_classes, config.model.name, f"{count_params(model):,}",
-             jax.device_count(), total_steps, steps_per_epoch,
+             jax.device_count(), "" if jax.device_count() == 1 else "s", total_steps,
+             steps_per_epoch,
              f"; resumed at step {start_step}" if start_step else "")
 
     train_step, state, write_back = make_train_step(plan.recipe, model, optimizer)
