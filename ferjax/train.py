@@ -422,13 +422,13 @@ class _Evaluations:
                                             self.config.data.eval_split, "eval")
         record = {"step": at_step, **metrics_lib.headline(summary)}
         message = (f"eval step {at_step} (epoch {at_step / self.steps_per_epoch:.2f}): "
-                   f"accuracy {100 * summary['accuracy']:.2f}  mean class accuracy "
-                   f"{100 * summary['mean_class_accuracy']:.2f}")
+                   f"accuracy {100 * summary['accuracy']:.2f} %  mean class accuracy "
+                   f"{100 * summary['mean_class_accuracy']:.2f} %")
         for split, data in self.tracked.items():
             _, tracked = self._split(at_step, data, split, f"eval_{split}")
             record.setdefault("tracked", {})[split] = metrics_lib.headline(tracked)
-            message += (f" | {split}: accuracy {100 * tracked['accuracy']:.2f}  mean "
-                        f"class {100 * tracked['mean_class_accuracy']:.2f}")
+            message += (f" | {split}: accuracy {100 * tracked['accuracy']:.2f} %  mean "
+                        f"class {100 * tracked['mean_class_accuracy']:.2f} %")
         self.history.append(record)
         if self.is_writer:
             run_records.append_evaluation(self.workdir, record)
