@@ -392,7 +392,7 @@ def _nothing_left_to_train(workdir: str, history: list[dict], start_step: int,
 class _Evaluations:
     """One evaluation of a run, called with its step: the eval split and then each tracked
     split. Each split's summaries and confusion-matrix picture go to TensorBoard; one line
-    is logged; the record is appended to the history (and evaluations.jsonl) and the
+    is logged; the record is appended to the history (and evals.jsonl) and the
     checkpoint is kept when it is the best so far. `last_cm` is the eval split's latest
     confusion matrix."""
 
