@@ -1,6 +1,6 @@
 """The parts a method is made of: a training *forward* and weighted loss *terms*.
 
-A method preset (see `configs/methods.py`) is only configuration:
+A method preset (`ferjax/presets.py`) is only configuration:
 `config.loss.forward` names how the model is run on a training batch, and
 `config.loss.terms` maps loss-term names to their weights. Adding a method means
 registering a small forward or term here, never branching in the training loop.
