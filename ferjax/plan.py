@@ -179,16 +179,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     check_fields(config)
     recipe = make_recipe(config)
     warn_if_flip_consistency_unattainable(config)
-    for group in ("train", "eval"):
-        if config[group].batch_size % jax.device_count():
-            raise ValueError(f"config.{group}.batch_size={config[group].batch_size} does not "
-                             f"divide over {jax.device_count()} devices")
-    if recipe.microbatches > 1 and (config.train.batch_size // recipe.microbatches
-                                    % jax.device_count()):
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} in "
-                         f"config.train.microbatches={recipe.microbatches} parts does not "
-                         f"divide over {jax.device_count()} devices: each part is spread "
-                         "over all of them")
+    _check_batches_divide_over_devices(config, recipe.microbatches)
     train_split, eval_split = sources.open_train_and_eval(config.data)
     builder, final_splits, tracked = named_eval_splits(config)
     train_data = pipeline.train_dataset(
@@ -209,6 +200,19 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
                                              config.loss.class_weight)
     return Plan(recipe, train_split, eval_split, builder, final_splits, tracked, train_data,
                 total_steps, eval_every, ckpt_every, weights, rebalance)
+
+
+def _check_batches_divide_over_devices(config, microbatches: int) -> None:
+    """The train and eval batches, and each microbatch, are split evenly over all devices."""
+    devices = jax.device_count()
+    for group in ("train", "eval"):
+        if config[group].batch_size % devices:
+            raise ValueError(f"config.{group}.batch_size={config[group].batch_size} does not "
+                             f"divide over {devices} devices")
+    if microbatches > 1 and config.train.batch_size // microbatches % devices:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} in "
+                         f"config.train.microbatches={microbatches} parts does not "
+                         f"divide over {devices} devices: each part is spread over all of them")
 
 
 def _counts(names, labels: np.ndarray) -> str:
