@@ -22,7 +22,6 @@ from ferjax import compilation_cache, console
 from ferjax.data.images import IMAGE_SUFFIXES
 
 
-
 def image_paths(inputs: list[str]) -> list[str]:
     """The files in `inputs`, and the image files (by suffix, any case) under each folder,
     sorted, in the order given. A missing path stays, to be reported when it is read."""
