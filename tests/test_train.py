@@ -290,6 +290,32 @@ def test_nonfinite_loss_stops_before_writing_a_checkpoint(data_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
+def test_with_on_nonfinite_skip_bad_steps_are_rolled_back_counted_and_capped(data_dir,
+                                                                             tmp_path, caplog):
+    config = load_config("baseline,smoke", data_dir)
+    config.optim.lr = float("nan")  # every update would make the parameters NaN
+    config.train.on_nonfinite, config.train.max_nonfinite_steps = "skip", 3
+    config.train.num_steps = config.train.eval_every_steps = config.train.log_every_steps = 3
+    with caplog.at_level(logging.WARNING, logger="ferjax"):
+        result = train.train_and_evaluate(config, str(tmp_path / "skip"))
+    assert "skipped 3 non-finite steps so far (first at step 1)" in caplog.text
+    assert result["step"] == 3 and result["nonfinite_steps"] == 3
+    # Every update was discarded: the saved model is the initial one, BatchNorm included.
+    initial, _ = steps.make_model_and_optimizer(config, 7, 1, 3)
+    saved = build_model(config.model, num_classes=7, image_size=config.data.image_size,
+                        rngs=nnx.Rngs(0))
+    ckpt = Checkpointer(str(tmp_path / "skip"))
+    assert ckpt.restore(saved, which="latest") == 3
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(model_state(initial)), jax.tree.leaves(model_state(saved))):
+        np.testing.assert_array_equal(a, b)
+    config.train.max_nonfinite_steps = 2
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"3 steps had NaN/Inf loss \(first at step 1\), more than "
+                             r"config.train.max_nonfinite_steps=2"):
+        train.train_and_evaluate(config, str(tmp_path / "capped"))
+
+
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_checkpoint_from_another_model_is_a_clear_error(data_dir, tmp_path):
     config = load_config("baseline,smoke", data_dir)
