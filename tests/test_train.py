@@ -132,6 +132,15 @@ def test_resume_after_stop_reaches_the_same_parameters(data_dir, tmp_path, caplo
         in caplog.text
     for a, b in zip(_params(straight, config), _params(resumed, config)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Rerunning the finished run says so and leaves its results as they were.
+    kept = {name: (resumed / name).read_bytes() for name in ("summary.json", "evals.jsonl")}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferjax"):
+        again = train.train_and_evaluate(config, str(resumed))
+    assert "is at step 6, at or past this config's 6 steps: nothing left to train" \
+        in caplog.text
+    assert again["step"] == 6 and again["accuracy"] == result["accuracy"]
+    assert {name: (resumed / name).read_bytes() for name in kept} == kept
 
 
 def test_config_changes_name_changed_fields_only():
