@@ -243,11 +243,12 @@ def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     # Batches of 2 (the last one padded) give what one batch gives.
     for r, s in zip(results, predict.predict_files(str(trained), paths, batch_size=2)):
         assert r["probabilities"] == pytest.approx(s["probabilities"], abs=1e-5)
-    # A folder is searched for images; an unreadable one is reported in its place.
+    # A folder is searched for images; an unreadable one is reported in its place (here
+    # after a batch of 3 had two images waiting).
     broken = tmp_path / "faces" / "face1b.png"
     broken.write_bytes(b"not a png")
     jsonl = tmp_path / "out.jsonl"
-    assert predict.main(["--workdir", str(trained), "--batch_size", "2", "--jsonl", str(jsonl),
+    assert predict.main(["--workdir", str(trained), "--batch_size", "3", "--jsonl", str(jsonl),
                          str(tmp_path / "faces")]) == 1
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [pathlib.Path(r["file"]).name for r in lines] == [
