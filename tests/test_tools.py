@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -258,6 +259,22 @@ def test_predict_prints_a_class_per_image(trained, tmp_path, capsys):
     assert out.out.count(": ") == 3 and "1 of 4 images could not be read" in out.err
     assert predict.main(["--workdir", str(trained), str(tmp_path / "missing.png")]) == 1
     assert "image not found" in capsys.readouterr().err
+
+
+def test_a_workdir_missing_its_records_or_checkpoints_is_named(trained, tmp_path):
+    from ferjax.workdir import restore_model
+    workdir = tmp_path / "copy"
+    workdir.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{workdir}/config.json not found: is "
+                                                f"{workdir} a ferjax training workdir"):
+        restore_model(str(workdir))
+    shutil.copy(trained / "config.json", workdir)
+    with pytest.raises(FileNotFoundError, match="classes.json not found: the workdir has no "
+                                                "record of its classes"):
+        restore_model(str(workdir))
+    shutil.copy(trained / "classes.json", workdir)
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint in {workdir} \\('best'\\)"):
+        restore_model(str(workdir))  # 'best' falls back to 'latest', which is missing too
 
 
 def test_commands_take_the_compilation_cache_flag(trained, tmp_path, monkeypatch, capsys):
