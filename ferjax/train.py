@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 
 import jax
@@ -173,7 +174,11 @@ class _TrainLog:
         self.window_start = time.time()
 
     def message(self, text: str) -> None:
-        (self.bar.write if self.bar is not None else log.info)(text)
+        """A line above the bar, on stderr with the bar and the log; the log without one."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            log.info(text)
 
     def close(self) -> None:
         if self.bar is not None:

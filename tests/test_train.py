@@ -366,6 +366,26 @@ def test_without_a_terminal_progress_is_logged_as_lines(data_dir, tmp_path, capl
     assert "step/s" not in capsys.readouterr().err  # tqdm's rate unit: no bar was drawn
 
 
+def test_on_a_terminal_progress_is_a_bar_and_evaluations_print_above_it(
+        data_dir, tmp_path, caplog, capsys, monkeypatch):
+    from ferjax import console
+    monkeypatch.setattr(console, "interactive", lambda: True)
+    config = load_config("baseline,smoke", data_dir)
+    config.train.num_steps, config.train.eval_every_steps = 4, 2
+    config.train.progress_bar = True  # the smoke configs turn it off
+    with caplog.at_level(logging.INFO, logger="ferjax"):
+        train.train_and_evaluate(config, str(tmp_path))
+    err = capsys.readouterr().err
+    # tqdm's bar: its name, the count, the rate in steps and the last window's train
+    # accuracy, input wait and loss.
+    assert re.search(r"train: 100%\|.*\| 4/4 \[.*(step/s|s/step), acc=\d\.\d{3}, "
+                     r"input_wait=\d+%, loss=\d+\.\d{3}\]", err), err
+    # Evaluation lines go through the bar (printed above it), not to the log; no step lines.
+    assert re.search(r"eval step 2 \(epoch 0\.25\): accuracy [\d.]+ %  mean class accuracy "
+                     r"[\d.]+ %", err), err
+    assert not [r for r in caplog.records if r.getMessage().startswith(("step ", "eval step"))]
+
+
 class _TwoLayers(nnx.Module):
     def __init__(self, width: int, extra: bool = False):
         rngs = nnx.Rngs(0)
