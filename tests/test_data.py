@@ -226,6 +226,31 @@ def test_affectnet_7_and_8_classes_crop_and_drop(tmp_path):
     assert img.shape == (22, 20, 3)  # the csv face box
 
 
+def test_affectnet_bad_rows_name_the_line_and_bad_face_boxes_are_skipped(tmp_path):
+    manual = _affectnet(tmp_path)
+    training = manual / "training.csv"
+    rows = training.read_text().splitlines()
+    rows[1] = rows[1].replace(",5,4,20,22,", ",5,4,0,22,")  # an empty box
+    rows[2] = rows[2].replace(",5,4,20,22,", ",50,60,20,22,")  # right of the 30 x 40 image
+    training.write_text("\n".join(rows) + "\n")
+    b = build("affectnet", manual, tmp_path / "data", config="7")
+    assert labels_of(b, "train").sum() == 5  # 7 expressions, 2 boxes that cannot be cut
+    assert sorted(b.skipped["train"]) == [
+        f"empty face box (5, 4, 0, 22) for {manual}/Manually_Annotated_Images/0/t0.jpg",
+        f"face box (50, 60, 20, 22) lies outside {manual}/Manually_Annotated_Images/1/t1.jpg "
+        "(30x40)"]
+    for line, error in [(rows[3].replace(",2,0.1,", ",sad,0.1,"),
+                         r"training.csv:4: expression 'sad' is not a number"),
+                        (rows[3].replace(",2,0.1,", ",11,0.1,"),
+                         r"training.csv:4: expression code 11 outside 0..10")]:
+        training.write_text("\n".join([*rows[:3], line]) + "\n")
+        with pytest.raises(ValueError, match=error):
+            build("affectnet", manual, tmp_path / "other", config="7")
+    training.write_text("\n".join([rows[0].replace("expression", "label"), *rows[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"training.csv: missing columns \['expression'\]"):
+        build("affectnet", manual, tmp_path / "other", config="7")
+
+
 # ------------------------------------------------------------------------------ FER2013 / FERPlus
 
 def _fer_csv(path, rows):
