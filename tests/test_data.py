@@ -332,6 +332,21 @@ def test_ckplus_last_frames_subjects_and_folds(tmp_path):
     held_subjects = {held.source[i]["subject"] for i in range(len(held))}
     rest_subjects = {rest.source[i]["subject"] for i in range(len(rest))}
     assert len(held_subjects) == 1 and not held_subjects & rest_subjects
+    with pytest.raises(ValueError, match="3 subjects cannot fill 10 folds"):
+        divide_split(b, "train", open_split(b, "train"), fold=0, num_folds=10)
+    # Bad label files and a labelled sequence without frames are named.
+    emo = manual / "Emotion" / "S005" / "001" / "S005_001_00000006_emotion.txt"
+    for text, error in [("anger", r"S005_001_00000006_emotion.txt: emotion code 'anger' is "
+                                  r"not a number"),
+                        ("8.0", r"S005_001_00000006_emotion.txt: emotion code 8 outside 1..7")]:
+        emo.write_text(text)
+        with pytest.raises(ValueError, match=error):
+            build("ckplus", manual, tmp_path / "other", config="last3")
+    emo.write_text("3")
+    shutil.rmtree(manual / "cohn-kanade-images" / "S005" / "001")
+    with pytest.raises(FileNotFoundError, match=r"labels sequence S005/001 but .*S005/001 has "
+                                                r"no frames"):
+        build("ckplus", manual, tmp_path / "other", config="last3")
 
 
 # ------------------------------------------------------------------------------ synthetic
