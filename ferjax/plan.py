@@ -23,8 +23,10 @@ from ferjax.data import augment as augment_lib
 from ferjax.data import pipeline, sources
 from ferjax.losses import class_weights as class_weights_fn
 from ferjax.losses import rebalancing_weights
-from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES
-from ferjax.models import DEFAULT_HEAD, build_model, count_params, mirror_aligned
+from ferjax.losses.bbn import ALPHA_RULES
+from ferjax.losses.classification import CLASS_WEIGHT_SCHEMES, REDUCTIONS
+from ferjax.models import DEFAULT_HEAD, build_model, count_params, layers, mirror_aligned
+from ferjax.optim import OPTIMIZERS, SCHEDULES
 from ferjax.presets import check_fields
 
 log = logging.getLogger("ferjax")
@@ -45,12 +47,32 @@ class Recipe:
     microbatches: int       # parts of a batch run one after another (gradient accumulation)
 
 
+# Fields that take one of a fixed set of values. They are checked with the recipe, naming
+# the key, so that a bad value fails the dry run too, not the first traced step (or, in a
+# field the method does not use, no step at all).
+CHOICES = {"optim.name": OPTIMIZERS, "optim.schedule": SCHEDULES,
+           "loss.class_weight": CLASS_WEIGHT_SCHEMES, "loss.class_weight_reduction": REDUCTIONS,
+           "loss.bbn_alpha_rule": ALPHA_RULES, "data.train_resize": augment_lib.RESIZE_METHODS,
+           "model.dtype": layers.DTYPES, "model.activation": (None, *layers.ACTIVATIONS),
+           "augment.erase.fill": augment_lib.ERASE_FILLS}
+
+
+def check_choices(config) -> None:
+    """Raises naming the first CHOICES field of `config` set to a value it does not take."""
+    for dotted, allowed in CHOICES.items():
+        node = config
+        for part in dotted.split("."):
+            if not hasattr(node, "get"):
+                break
+            node = node.get(part, allowed[0])  # a field an old workdir lacks: its default
+        if node not in allowed:
+            raise ValueError(f"config.{dotted}={node!r}; expected one of {allowed}")
+
+
 def make_recipe(config) -> Recipe:
     loss = config.loss
     methods.check_recipe(loss)
-    if loss.class_weight not in CLASS_WEIGHT_SCHEMES:
-        raise ValueError(f"config.loss.class_weight={loss.class_weight!r}; expected one of "
-                         f"{CLASS_WEIGHT_SCHEMES}")
+    check_choices(config)
     eval_ops = augment_lib.parse_ops(ml_collections.ConfigDict(
         {"ops": ("normalize",), "normalize": config.augment.normalize}))
     static = {"class_weight": loss.class_weight,
@@ -69,9 +91,6 @@ def make_recipe(config) -> Recipe:
                          + (f" / config.train.microbatches={microbatches} = {part} (RUL "
                             "pairs samples within a part)" if microbatches > 1 else ""))
     host_image_size(config.data)  # fail early on a bad value
-    if config.data.train_resize not in augment_lib.RESIZE_METHODS:
-        raise ValueError(f"config.data.train_resize={config.data.train_resize!r}; expected "
-                         f"one of {augment_lib.RESIZE_METHODS}")
     samplers = ("sampler", "second_sampler") if loss.forward == "dual_branch" else ("sampler",)
     for key in samplers:
         if config.data[key] not in pipeline.SAMPLERS:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ferjax import compilation_cache, evaluate, export, predict, presets, summarize, train
+from ferjax import plan as plan_lib
 from ferjax.data import build as build_lib
 from ferjax.presets import METHODS, load_config_file
 
@@ -425,6 +426,23 @@ def test_a_workdir_from_before_a_new_field_reads_with_its_default(tmp_path):
     config.data.sampler = "balanced"
     with pytest.raises(KeyError, match=r"config.data.sampler='balanced'; registered samplers: "
                                        r"\['class_balanced', 'reversed', 'uniform'\]"):
+        train.make_recipe(config)
+
+
+@pytest.mark.parametrize("dotted", sorted(plan_lib.CHOICES))
+def test_a_value_a_field_does_not_take_fails_the_recipe_naming_the_field(dotted):
+    """Also fields the method does not use (the baseline has no BBN α, no erasing): a typo
+    there would otherwise pass unnoticed, or fail only inside the first traced step."""
+    config = load("synthetic.py", "baseline")
+    train.make_recipe(config)
+    group, field = dotted.rsplit(".", 1)
+    node = config
+    for part in group.split("."):
+        node = node[part]
+    with node.ignore_type():
+        node[field] = "nonsense"
+    with pytest.raises(ValueError, match=re.escape(f"config.{dotted}='nonsense'; expected one "
+                                                   f"of {plan_lib.CHOICES[dotted]}")):
         train.make_recipe(config)
 
 

@@ -158,6 +158,9 @@ def _box_mask(h, w, top, left, bh, bw):
             & (jj >= left[:, None, None]) & (jj < (left + bw)[:, None, None]))
 
 
+ERASE_FILLS = ("zero", "mean", "random")  # what erased boxes are filled with
+
+
 def _fill(key, x, mode):
     if mode == "zero":
         return jnp.zeros_like(x)
@@ -165,7 +168,7 @@ def _fill(key, x, mode):
         return jnp.broadcast_to(jnp.mean(x, axis=(0, 1)), x.shape)
     if mode == "random":
         return _normal(key, x.shape, x.dtype)
-    raise ValueError(f"erasing fill {mode!r}; expected 'zero', 'mean' or 'random'")
+    raise ValueError(f"erasing fill {mode!r}; expected one of {ERASE_FILLS}")
 
 
 @_register("erase")

@@ -468,6 +468,10 @@ def beta_mish(x: Array, beta: float = 1.5) -> Array:
     return x * jnp.tanh(beta * jax.nn.softplus(x))
 
 
+ACTIVATIONS = ("relu", "mish", "beta_mish")  # config.model.activation
+DTYPES = ("float32", "fp32", "bfloat16", "bf16")  # config.model.dtype
+
+
 def activation(name: str, beta: float = 1.5) -> Callable[[Array], Array]:
     """Activation by config name: 'relu', 'mish' or 'beta_mish'."""
     if name == "relu":
