@@ -272,10 +272,25 @@ def test_fer2013_splits_and_label_mapping(tmp_path):
     assert b.as_data_source("train")[0]["image"].shape == (48, 48, 3)
 
 
-def test_fer2013_bad_label_names_line(tmp_path):
+def test_fer2013_bad_rows_name_the_line(tmp_path):
     manual = _mk(tmp_path / "fer")
     _fer_csv(manual / "fer2013.csv", [(0, "Training"), (9, "Training")])
     with pytest.raises(ValueError, match=r"fer2013.csv:3: emotion '9'"):
+        build("fer2013", manual, tmp_path / "data")
+    _fer_csv(manual / "fer2013.csv", [(0, "Training"), (1, "Test")])
+    with pytest.raises(ValueError, match=r"fer2013.csv:3: unknown Usage 'Test'"):
+        build("fer2013", manual, tmp_path / "data")
+    good = (manual / "fer2013.csv").read_text().splitlines()[1].rsplit(",", 1)[0]
+    for pixels, error in [("1 2 3", "expected 2304 grey values, got 3"),
+                          (" ".join(["7"] * 2303 + ["256"]), r"grey values outside 0..255 "
+                                                           r"\(7..256\)"),
+                          (" ".join(["7"] * 2303 + ["x"]), "pixels are not all whole numbers")]:
+        (manual / "fer2013.csv").write_text(
+            f"emotion,pixels,Usage\n{good},Training\n0,{pixels},Training\n")
+        with pytest.raises(ValueError, match=f"fer2013.csv:3: {error}"):
+            build("fer2013", manual, tmp_path / "data")
+    (manual / "fer2013.csv").write_text(f"emotion,pixels\n{good}\n")
+    with pytest.raises(ValueError, match=r"fer2013.csv: missing columns \['Usage'\]"):
         build("fer2013", manual, tmp_path / "data")
 
 
@@ -304,6 +319,18 @@ def test_ferplus_majority_votes(tmp_path):
     assert labels_of(b7, "train").tolist() == [0, 1, 0, 1, 0, 0, 0]
     ex = b8.as_data_source("test")[0]
     assert ex["votes"].tolist() == votes[5] and ex["label"] == 0
+    # A votes file that does not match fer2013.csv, or cannot be read, is named.
+    lines = (manual / "fer2013new.csv").read_text().splitlines()
+    for text, error in [
+            (lines[:-1], r"fer2013new.csv has 6 rows but .*fer2013.csv has 7; they must be "
+                         r"the matching FER2013 files"),
+            ([lines[0], lines[1].replace(",8,", ",eight,"), *lines[2:]],
+             r"fer2013new.csv:2: vote counts \['0', 'eight', .*\] are not numbers"),
+            ([lines[0].rsplit(",", 3)[0], *lines[1:]],
+             "fer2013new.csv: expected Usage, Image name and 10 vote columns")]:
+        (manual / "fer2013new.csv").write_text("\n".join(text) + "\n")
+        with pytest.raises(ValueError, match=error):
+            build("ferplus", manual, tmp_path / "other", config="8")
 
 
 # ------------------------------------------------------------------------------ CK+

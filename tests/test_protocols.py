@@ -54,6 +54,7 @@ def test_label_file_errors_name_the_line_and_missing_images(tmp_path):
         protocols.labels_from_file(["train_00001.jpg", "train_09999.jpg"], good, 7)
     for text, message in [("a.jpg 8\n", ":1: label 8 outside 1..7"),
                           ("a.jpg 1\nb.jpg\n", ":2: expected '<image> <label>'"),
+                          ("a.jpg 1\nb.jpg sad\n", ":2: label 'sad' is not an integer"),
                           ("a.jpg 1\na.jpg 2\n", ":2: a.jpg is listed twice")]:
         (tmp_path / "bad.txt").write_text(text)
         with pytest.raises(ValueError, match=message):

@@ -22,9 +22,14 @@ USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "validation", "PrivateTest"
 
 
 def _pixels_to_image(pixels: str, where: str) -> Image.Image:
-    values = np.array(pixels.split(), dtype=np.int64)
-    if values.size != 48 * 48 or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-        raise ValueError(f"{where}: expected 2304 grey values in 0..255, got {values.size}")
+    try:
+        values = np.array(pixels.split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"{where}: pixels are not all whole numbers") from None
+    if values.size != 48 * 48:
+        raise ValueError(f"{where}: expected 2304 grey values, got {values.size}")
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{where}: grey values outside 0..255 ({values.min()}..{values.max()})")
     return Image.fromarray(values.reshape(48, 48).astype(np.uint8), mode="L").convert("RGB")
 
 
