@@ -198,6 +198,29 @@ def test_cbam_matches_a_numpy_computation(size):
     np.testing.assert_allclose(cbam(jnp.asarray(x)), xc * sig(s), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fields, image_size, error", [
+    (dict(name="shufflenet_v2", width_mult=3.0), 64,
+     r"model.width_mult=3.0; expected one of \[0.5, 1.0, 1.5, 2.0\]"),
+    (dict(name="shufflenet_v2", sa_placement="everywhere", **TINY_SHUFFLE), 64,
+     r"model.sa_placement='everywhere'; expected \('none', 'last', 'stages'\)"),
+    (dict(name="shufflenet_v2", sa_placement="branch", **TINY_SHUFFLE), 64,
+     "model.sa_placement='branch' puts SA on the conventional branch of the dual-branch "
+     "head; use it with model.head='dual_branch'"),
+    (dict(name="resnet18", head="dual_branch", **TINY_RESNET), 64,
+     "model.head='dual_branch' needs a backbone with a held-out last block"),
+    (dict(name="swin_t", **{**TINY_SWIN, "num_heads": (1,)}), 32,
+     r"model.depths \(2, 2\) and model.num_heads \(1,\) must have one entry per stage"),
+    (dict(name="swin_t", **TINY_SWIN), 30,
+     "data.image_size=30 does not fit Swin with patch size 4 and 2 stages"),
+    (dict(name="swin_t", **TINY_SWIN), 40,
+     "Swin stage 0 has a 10×10 grid, which 4×4 windows do not tile; use an image size of "
+     "32·n")])
+def test_a_model_config_that_cannot_be_built_is_named(fields, image_size, error):
+    with pytest.raises(ValueError, match=error):
+        nnx.eval_shape(lambda: build_model(ml_collections.ConfigDict(fields), num_classes=7,
+                                           image_size=image_size, rngs=nnx.Rngs(0)))
+
+
 def test_bfloat16_compute_keeps_float32_parameters():
     cfg = ml_collections.ConfigDict(dict(name="resnet18", dtype="bfloat16", **TINY_RESNET))
     model = build_model(cfg, num_classes=3, image_size=32, rngs=nnx.Rngs(0))

@@ -190,7 +190,7 @@ def build_model(cfg, *, num_classes: int, image_size: int, rngs: nnx.Rngs) -> FE
     bb = builder(cfg, image_size=image_size, dual=head_name == "dual_branch", dtype=dtype,
                  rngs=rngs)
     if bb.spatial < 1:
-        raise ValueError(f"image size {image_size} is too small for model {name!r}")
+        raise ValueError(f"data.image_size={image_size} is too small for model {name!r}")
     return FERModel(bb.trunk, head_builder(cfg, bb, num_classes, dtype=dtype, rngs=rngs))
 
 

@@ -212,7 +212,7 @@ class SwinTransformer(nnx.Module):
         grid = image_size // patch_size
         last = len(depths) - 1
         if image_size % patch_size or not grid or grid % 2 ** last:
-            raise ValueError(f"image size {image_size} does not fit Swin with patch size "
+            raise ValueError(f"data.image_size={image_size} does not fit Swin with patch size "
                              f"{patch_size} and {len(depths)} stages: the patch grid must "
                              f"halve {last} times")
         for stage in range(len(depths)):
