@@ -510,6 +510,28 @@ def test_a_misnamed_split_is_reported_with_its_config_key(tiny_data_dir, capsys)
         open_train_and_eval(cfg)
 
 
+def test_unknown_datasets_configs_and_empty_folders_are_named(tmp_path, tiny_data_dir,
+                                                              tiny_split):
+    with pytest.raises(KeyError, match=r"unknown dataset 'rafbd'; known: \[.*'rafdb'"):
+        build("rafbd", None, tmp_path / "data")
+    with pytest.raises(ValueError, match=r"dataset 'affectnet' has configs \['7', '8'\], "
+                                         r"not '9'"):
+        build_lib.make_builder("affectnet", "9", str(tmp_path / "data"))
+    (tmp_path / "faces" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="faces/train has no class folders"):
+        build("image_folder", tmp_path / "faces", tmp_path / "data")
+    train, _ = tiny_split
+    with pytest.raises(ValueError, match=r"the train split has 140 examples, fewer than one "
+                                         r"batch of 256 \(config.train.batch_size\)"):
+        pipeline.train_dataset(train.source, train.labels, global_batch_size=256, image_size=32)
+    cfg = ml_collections.ConfigDict(dict(
+        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
+        train_split="train", eval_split="test", fold=-1, num_folds=10, holdout_fraction=1.0))
+    with pytest.raises(ValueError, match=r"config.data.holdout_fraction=1.0; expected "
+                                         r"0 <= value < 1"):
+        open_train_and_eval(cfg)
+
+
 def _take(it, n):
     return [next(it) for _ in range(n)]
 

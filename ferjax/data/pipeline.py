@@ -198,7 +198,7 @@ def train_dataset(source, labels: np.ndarray, *, global_batch_size: int, image_s
     steps_per_epoch = len(labels) // global_batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has {len(labels)} examples, fewer than one batch "
-                         f"of {global_batch_size}")
+                         f"of {global_batch_size} (config.train.batch_size)")
     read = ReadExample(source, image_size, labels, resize_method)
     stream = index_stream(labels, sampler, seed)
     if second_sampler:
