@@ -446,6 +446,20 @@ def test_a_value_a_field_does_not_take_fails_the_recipe_naming_the_field(dotted)
         train.make_recipe(config)
 
 
+def test_loss_terms_that_cannot_run_are_named():
+    config = load("synthetic.py", "baseline")
+    config.loss.terms = {"ce": 1.0, "rac": 0.1}
+    with pytest.raises(ValueError, match="config.loss.terms has 'rac', which needs "
+                                         "config.loss.forward='flip_pair' \\(got 'single'\\)"):
+        train.make_recipe(config)
+    config.loss.terms = {}
+    with pytest.raises(ValueError, match="config.loss.terms is empty: name at least one"):
+        train.make_recipe(config)
+    config.loss.terms = {"ce": 1.0, "focal": 1.0}
+    with pytest.raises(KeyError, match=r"unknown loss term 'focal'; registered: \["):
+        train.make_recipe(config)
+
+
 def test_a_mix_group_size_that_does_not_divide_the_batch_fails_naming_both_keys():
     config = load("synthetic.py", "rul_cbam")
     config.train.batch_size = 64
