@@ -331,6 +331,14 @@ def test_summarize_means_folds_and_pools_their_confusion_matrices(trained, tmp_p
         other, per_class_accuracy=dict(zip(reversed(names), range(len(names)))))))
     assert summarize.main(folds) == 1
     assert "differ from" in capsys.readouterr().err
+    # A summary.json that is not one, or whose matrix does not fit its classes, is named.
+    for text, error in [("{not json", "not a ferjax summary (JSONDecodeError: "),
+                        (json.dumps({"step": 3}), "not a ferjax summary (KeyError: "),
+                        (json.dumps(dict(real, confusion_matrix=[[1, 0], [0, 1]])),
+                         f"confusion matrix (2, 2) for {len(names)} classes")]:
+        (tmp_path / "fold1" / "summary.json").write_text(text)
+        assert summarize.main(folds) == 1
+        assert f"error: {tmp_path / 'fold1' / 'summary.json'}: {error}" in capsys.readouterr().err
 
 
 def test_exported_weights_give_pytorch_the_same_logits(trained, tmp_path, capsys):
