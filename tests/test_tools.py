@@ -198,6 +198,18 @@ def test_evaluate_on_another_dataset(trained, tmp_path, capsys):
     assert "python -m ferjax.data.build --dataset rafdb" in capsys.readouterr().err
 
 
+def test_another_dataset_s_classes_are_matched_to_the_model_s_by_name():
+    from ferjax.data.labels import CANONICAL_CLASSES
+    from ferjax.data.sources import Split
+    eight = Split(list(range(5)), np.array([0, 7, 3, 7, 6]), tuple(CANONICAL_CLASSES[:8]))
+    kept, left_out = evaluate.matched_to_model(eight, list(CANONICAL_CLASSES[:7]))
+    assert kept.labels.tolist() == [0, 3, 6] and left_out == 2  # contempt left out
+    renamed = Split(list(range(5)), eight.labels, ("calm", *CANONICAL_CLASSES[1:8]))
+    with pytest.raises(ValueError, match=r"the dataset's classes \['calm', .*\] do not match "
+                                         r"the model's \['surprise', "):
+        evaluate.matched_to_model(renamed, list(CANONICAL_CLASSES[:7]))
+
+
 def test_evaluate_a_weights_file_without_a_training_run(trained, tmp_path, monkeypatch,
                                                         capsys):
     """`--weights` + `--config`: the trained run's weights exported to a file and evaluated
