@@ -132,9 +132,7 @@ def evaluate_model(config, model, names: list[str], origin: dict, title: str, wo
     else:
         split = split or config.data.eval_split
         builder = sources.prepared_builder(data_cfg)
-        if data_cfg.get("fold", -1) < 0:  # a CV run is evaluated on its held-out fold
-            sources.check_eval_split(builder, data_cfg, split, field)
-        eval_split = sources.open_eval_split(builder, data_cfg, split)
+        eval_split = sources.open_eval_split(builder, data_cfg, split, field)
     if not len(eval_split):
         raise ValueError(f"{data_cfg.name}/{split} has no image of the model's classes")
     mesh = make_mesh()

@@ -88,9 +88,13 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np
     return held
 
 
-def open_split(builder, split: str) -> Split:
-    """The whole split `split` of `builder`; labels are read once, images on access."""
+def open_split(builder, split: str, field: str | None = None) -> Split:
+    """The whole split `split` of `builder`; labels are read once, images on access. A
+    split the dataset lacks is reported naming `field`, the setting it came from."""
     if split not in builder.info.splits:
+        if field:
+            raise KeyError(f"{field} has {split!r}; {builder.name} has splits "
+                           f"{list(builder.info.splits)}")
         raise KeyError(f"{builder.name} has splits {list(builder.info.splits)}, not {split!r}")
     return Split(builder.as_data_source(split), _labels(builder, split),
                  tuple(builder.info.features["label"].names))
@@ -134,16 +138,15 @@ def _check_holdout(split: str, data_cfg, field: str) -> None:
                          "> 0 (e.g. 0.1)")
 
 
-def _open(builder, data_cfg, eval_split: str) -> tuple[Split, Split]:
-    """(training part, evaluation split), reading config.data.train_split once for both."""
+def _open(builder, data_cfg, eval_split: str,
+          field: str = "config.data.eval_split") -> tuple[Split, Split]:
+    """(training part, evaluation split), reading config.data.train_split once for both;
+    `field` names where `eval_split` came from in errors."""
     fold, fraction = _check_division(data_cfg)
-    _check_holdout(eval_split, data_cfg, "config.data.eval_split")
-    if data_cfg.train_split not in builder.info.splits:
-        raise KeyError(f"config.data.train_split has {data_cfg.train_split!r}; "
-                       f"{builder.name} has splits {list(builder.info.splits)}")
+    _check_holdout(eval_split, data_cfg, field)
     if fold < 0:  # a CV fold is evaluated on its held-out part, whatever eval_split says
-        check_eval_split(builder, data_cfg, eval_split, "config.data.eval_split")
-    whole = open_split(builder, data_cfg.train_split)
+        check_eval_split(builder, data_cfg, eval_split, field)
+    whole = open_split(builder, data_cfg.train_split, "config.data.train_split")
     if fold < 0 and fraction <= 0:
         train, held = whole, None
     else:
@@ -164,13 +167,16 @@ def check_eval_split(builder, data_cfg, split: str, field: str) -> None:
                        f"{list(builder.info.splits)} (or 'holdout')")
 
 
-def open_eval_split(builder, data_cfg, split: str) -> Split:
+def open_eval_split(builder, data_cfg, split: str,
+                    field: str = "config.data.eval_split") -> Split:
     """The split to evaluate: a named split, the held-out CV fold when config.data.fold >= 0,
-    or 'holdout', the part of config.data.train_split that training never sees."""
+    or 'holdout', the part of config.data.train_split that training never sees. Errors
+    name `field`, where `split` came from."""
     fold, _ = _check_division(data_cfg)
     if fold < 0 and split != HOLDOUT:
+        check_eval_split(builder, data_cfg, split, field)
         return open_split(builder, split)  # no need to read the train split
-    return _open(builder, data_cfg, split)[1]
+    return _open(builder, data_cfg, split, field)[1]
 
 
 PROTOCOL_FIELDS = ("train_label_file", "imbalance_factor", "label_noise")
