@@ -406,8 +406,7 @@ class _Evaluations:
                  train_log: _TrainLog):
         self.config, self.workdir = config, workdir
         self.model, self.optimizer, self.eval_step = model, optimizer, eval_step
-        self.eval_split, self.tracked = plan.eval_split, plan.tracked
-        self.steps_per_epoch = plan.steps_per_epoch
+        self.plan = plan
         self.data_sharding, self.ckpt, self.writer = data_sharding, ckpt, writer
         self.history, self.train_log = history, train_log
         self.is_writer = jax.process_index() == 0
@@ -415,21 +414,21 @@ class _Evaluations:
 
     def _split(self, at_step: int, data: sources.Split, name: str, tag: str):
         cm = evaluate(self.model, self.eval_step, data, self.config, self.data_sharding,
-                      self.eval_split.num_classes, name)
+                      self.plan.eval_split.num_classes, name)
         summary = metrics_lib.accuracy_summary(cm)
         if self.is_writer:
             run_records.write_evaluation(self.writer, at_step, summary, cm,
-                                         self.eval_split.class_names, name, tag)
+                                         self.plan.eval_split.class_names, name, tag)
         return cm, summary
 
     def __call__(self, at_step: int) -> None:
-        self.last_cm, summary = self._split(at_step, self.eval_split,
+        self.last_cm, summary = self._split(at_step, self.plan.eval_split,
                                             self.config.data.eval_split, "eval")
         record = {"step": at_step, **metrics_lib.headline(summary)}
-        message = (f"eval step {at_step} (epoch {at_step / self.steps_per_epoch:.2f}): "
+        message = (f"eval step {at_step} (epoch {at_step / self.plan.steps_per_epoch:.2f}): "
                    f"accuracy {100 * summary['accuracy']:.2f} %  mean class accuracy "
                    f"{100 * summary['mean_class_accuracy']:.2f} %")
-        for split, data in self.tracked.items():
+        for split, data in self.plan.tracked.items():
             _, tracked = self._split(at_step, data, split, f"eval_{split}")
             record.setdefault("tracked", {})[split] = metrics_lib.headline(tracked)
             message += (f" | {split}: accuracy {100 * tracked['accuracy']:.2f} %  mean "
