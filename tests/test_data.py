@@ -452,11 +452,17 @@ def tiny_split(tiny_data_dir):
     return open_split(builder, "train"), open_split(builder, "test")
 
 
+def tiny_data_config(data_dir, **fields) -> ml_collections.ConfigDict:
+    """config.data for the tiny synthetic set in `data_dir`: train on 'train', evaluate
+    'test', no folds or held-out part, unless `fields` say otherwise."""
+    return ml_collections.ConfigDict({
+        **dict(name="synthetic_fer", config="tiny", data_dir=str(data_dir), auto_build=False,
+               train_split="train", eval_split="test", fold=-1, num_folds=10,
+               holdout_fraction=0.0), **fields})
+
+
 def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir, monkeypatch):
-    cfg = ml_collections.ConfigDict(dict(
-        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
-        train_split="train", eval_split="holdout", fold=-1, num_folds=10,
-        holdout_fraction=0.25))
+    cfg = tiny_data_config(tiny_data_dir, eval_split="holdout", holdout_fraction=0.25)
     read = []  # the train split's labels are read once for both parts
     real_labels = sources._labels
     monkeypatch.setattr(sources, "_labels", lambda b, split: read.append(split) or
@@ -495,9 +501,7 @@ def test_holdout_is_a_fixed_per_class_part_of_train(tiny_data_dir, monkeypatch):
 
 
 def test_a_misnamed_split_is_reported_with_its_config_key(tiny_data_dir, capsys):
-    cfg = ml_collections.ConfigDict(dict(
-        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
-        train_split="train", eval_split="tst", fold=-1, num_folds=10, holdout_fraction=0.0))
+    cfg = tiny_data_config(tiny_data_dir, eval_split="tst")
     with pytest.raises(KeyError) as error:
         open_train_and_eval(cfg)
     console.print_error(error.value)  # the line a command prints: the message, unquoted
@@ -524,9 +528,7 @@ def test_unknown_datasets_configs_and_empty_folders_are_named(tmp_path, tiny_dat
     with pytest.raises(ValueError, match=r"the train split has 140 examples, fewer than one "
                                          r"batch of 256 \(config.train.batch_size\)"):
         pipeline.train_dataset(train.source, train.labels, global_batch_size=256, image_size=32)
-    cfg = ml_collections.ConfigDict(dict(
-        name="synthetic_fer", config="tiny", data_dir=str(tiny_data_dir), auto_build=False,
-        train_split="train", eval_split="test", fold=-1, num_folds=10, holdout_fraction=1.0))
+    cfg = tiny_data_config(tiny_data_dir, holdout_fraction=1.0)
     with pytest.raises(ValueError, match=r"config.data.holdout_fraction=1.0; expected "
                                          r"0 <= value < 1"):
         open_train_and_eval(cfg)
@@ -649,9 +651,7 @@ def test_a_damaged_record_file_is_named_with_the_command_that_rebuilds_it(tiny_d
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
     damaged.write_bytes(bytes(data))
-    cfg = ml_collections.ConfigDict(dict(
-        name="synthetic_fer", config="tiny", data_dir=str(tmp_path / "data"), auto_build=False,
-        train_split="train", eval_split="test", fold=-1, num_folds=10, holdout_fraction=0.0))
+    cfg = tiny_data_config(tmp_path / "data")
     with pytest.raises(build_lib.CorruptDatasetError, match=(
             rf"synthetic_fer split 'train' is damaged at record \d+ of 140 .*files: "
             rf"{damaged}\. Rebuild it: python -m ferjax.data.build --dataset synthetic_fer "
